@@ -1,0 +1,346 @@
+"""Configs are data: frozen dataclasses (the ONLY home of defaults), loaded from one YAML per recipe.
+
+    cfg = load_config("configs/tiny.yaml", overrides=["rl.num_generations=4"])
+
+Unknown keys and bad values raise `ConfigError` naming the dotted key and what is allowed.
+Overrides are `dotted.key=value`, the value parsed as YAML (so `1e-5`, `true`, `[a, b]` work).
+No torch/ray imports: the reward service and every stage read these.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # HF checkpoint dir (e.g. Qwen3-VL-8B-Instruct); "" → build the offline tiny model
+    tiny_seed: int = 0  # seed of the tiny model's random weights
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    synthetic_train: int = 4000  # synthetic records generated for training (tiny recipe)
+    synthetic_eval: int = 200  # held-out synthetic records for evaluation
+    synthetic_image_px: int = 64  # side of the square synthetic images
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SFTStageConfig:
+    enabled: bool = True
+    mixture: dict[str, float] = field(default_factory=dict)  # dataset name or JSONL path → weight
+    answer_format: Literal["plain", "think_answer"] = "plain"  # see medmo_rl/prompts.py
+    batch_size: int = 16  # per optimizer micro-step, summed over workers
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int = 0  # optimizer steps; 0 → derived from epochs
+    max_pixels: int = 768 * 768  # images are resized to at most this many pixels
+    max_seq_len: int = 2048  # longer examples are skipped and counted
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    save_every_steps: int = 500
+    log_every_steps: int = 10
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    num_workers: int = 2  # Ray Train workers
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    stage1: SFTStageConfig = field(default_factory=SFTStageConfig)
+    stage2: SFTStageConfig = field(default_factory=SFTStageConfig)
+    stage3: SFTStageConfig = field(default_factory=SFTStageConfig)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_workers: int = 1  # vLLM rollout actors; scaled independently of the learners
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    tensor_parallel_size: int = 1
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    max_model_len: int = 4096
+    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU; gpu_memory_utilization on GPU derives from it
+    gpu_memory_utilization: float = 0.5
+    max_num_seqs: int = 64
+    max_images_per_prompt: int = 1
+    max_pixels: int = 1280 * 1280
+    temperature: float = 1.0
+    top_p: float = 1.0
+    probe_tolerance: float = 1e-4  # max |Δ logprob| between engine and learner after a weight push
+    enforce_eager: bool = True
+
+
+@dataclass(frozen=True)
+class BBoxRewardConfig:
+    w_l1: float = 5.0  # App. A.1 pair-score weight
+    w_giou: float = 2.0
+    lambda_fn: float = 0.0  # App. A.1: penalties default 0
+    lambda_fp: float = 0.0
+    square: bool = False  # Sec. 3.5.1 squares the clipped reward; App. eq. 12 does not
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    w_accuracy: float = 1.0  # weights of the four parts in the total (App. B.4 names them)
+    w_bbox: float = 1.0
+    w_tag_count: float = 1.0
+    w_overlong: float = 1.0
+    overlong_cache_tokens: int = 512  # DAPO's L_cache
+    max_completion_tokens: int = 1024  # DAPO's L_max (kept equal to rl.max_completion_tokens)
+    bbox: BBoxRewardConfig = field(default_factory=BBoxRewardConfig)
+    service: Literal["uvicorn", "serve", "url"] = "uvicorn"  # how the RL stage gets its reward service
+    url: str = ""  # used when service == "url"
+    replicas: int = 1
+    cpus_per_replica: float = 0.25
+    timeout_s: float = 30.0
+    retries: int = 3
+    max_concurrency: int = 8
+    max_failed_fraction: float = 0.5  # stop the run when more scoring fails than this
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    enabled: bool = True
+    num_generations: int = 8  # G
+    eps_low: float = 0.15  # DAPO clip-higher, lower bound (paper: "epsilon")
+    eps_high: float = 0.25  # upper bound (paper: "epsilon_high")
+    epochs: float = 2.0
+    max_steps: int = 0  # 0 → derived from epochs
+    batch_size: int = 2  # prompts per micro-batch per learner
+    grad_accum: int = 4
+    prompts_per_step: int = 0  # 0 → batch_size · grad_accum · num_learners
+    lr: float = 1e-6
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    max_prompt_tokens: int = 2048
+    max_completion_tokens: int = 1024
+    mask_truncated: bool = False
+    kl_type: Literal["none", "k1", "k3"] = "none"
+    kl_coef: float = 0.0  # β
+    dynamic_sampling: bool = True
+    max_extra_rounds: int = 2  # extra generation rounds to refill dropped zero-std groups
+    num_learners: int = 2
+    cpus_per_learner: float = 1.0
+    use_gpu: bool = False
+    bf16: bool = False
+    checkpoint_every: int = 10
+    train_set: str = "synthetic_grounding"  # dataset name or JSONL path of RL prompts
+    answer_format: Literal["plain", "think_answer"] = "think_answer"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = "auto"  # "auto": join the cluster the job runs in, else start a local one
+    num_cpus: int = 8  # logical CPUs of a LOCAL cluster (ENVIRONMENT.md item 13)
+    allow_local: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    enabled: bool = True
+    benchmarks: tuple[str, ...] = ("synthetic_grounding",)
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "tiny"
+    output_dir: str = "runs"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key {dotted!r}; allowed keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    cfg = cls(**kwargs)
+    _check_ranges(cfg, prefix)
+    return cfg
+
+
+_POSITIVE = {"batch_size", "grad_accum", "num_generations", "num_workers", "num_learners", "max_model_len",
+             "max_completion_tokens", "max_prompt_tokens", "replicas", "max_num_seqs", "num_cpus",
+             "max_seq_len", "max_pixels", "synthetic_image_px", "tensor_parallel_size"}
+_NONNEG = {"lr", "warmup_ratio", "weight_decay", "grad_clip", "kl_coef", "epochs", "max_steps", "timeout_s",
+           "retries", "max_extra_rounds", "cpus_per_worker", "gpus_per_worker", "cpus_per_learner",
+           "overlong_cache_tokens", "lambda_fn", "lambda_fp", "w_l1", "w_giou", "limit"}
+_UNIT = {"eps_low", "warmup_ratio", "max_failed_fraction", "probe_tolerance", "gpu_memory_utilization",
+         "adam_beta1", "adam_beta2", "top_p"}
+
+
+def _check_ranges(cfg: Any, prefix: str) -> None:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in _POSITIVE and v <= 0:
+            raise ConfigError(f"{dotted}: must be > 0, got {v!r}")
+        if f.name in _NONNEG and v < 0:
+            raise ConfigError(f"{dotted}: must be >= 0, got {v!r}")
+        if f.name in _UNIT and not 0 <= v <= 1:
+            raise ConfigError(f"{dotted}: must lie in [0, 1], got {v!r}")
+    if isinstance(cfg, RLConfig) and cfg.num_generations < 2:
+        raise ConfigError(f"{prefix}.num_generations: GRPO needs at least 2 completions per prompt, got {cfg.num_generations}")
+    if isinstance(cfg, RewardConfig) and cfg.overlong_cache_tokens > cfg.max_completion_tokens:
+        raise ConfigError(f"{prefix}.overlong_cache_tokens: must not exceed max_completion_tokens")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key!r}: value {raw!r} is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def config_from_dict(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    tree: dict[str, Any] = dict(data or {})
+    for ov in overrides:
+        key, value = parse_override(ov)
+        _set_dotted(tree, key, value)
+    if not isinstance(tree, dict):
+        raise ConfigError("the config must be a mapping at the top level")
+    return _build(RunConfig, tree)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a recipe YAML (None → the embedded tiny default) and apply dotted overrides."""
+    path = Path(path) if path else default_config_path()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return config_from_dict(data, overrides)
+
+
+def default_config_path() -> Path:
+    # editable install: the recipes live at the repository root, beside medmo_rl/
+    return Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples → lists) for writing the resolved config next to a run's artefacts."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

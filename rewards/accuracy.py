@@ -1,0 +1,117 @@
+"""Label accuracy: does the answer say what the reference says? (MedMO Fig. 2, "label accuracy").
+
+The answer is read from the completion by `rewards.parsing.parse_completion` (last <answer> body,
+else the text after the reasoning). Text is compared after `normalize_answer`: lowercase,
+punctuation → space, articles (a, an, the) dropped, whitespace collapsed (SQuAD-style).
+Rules, first that applies, each giving 1.0 or 0.0 unless said otherwise:
+
+1. grounding: the fraction of the reference's unique (normalized, non-empty) labels that the
+   answer names — as the label of a parsed box, or as whole words anywhere in the answer.
+   No labels to check → 0.5 (neutral, as App. A.1 does for boxes when G = 0).
+2. MCQ (reference has choices): the gold option is the choice equal to the reference answer,
+   else the letter the reference answer gives ("B", "(B)", "B. ..."). The predicted option is a
+   leading letter ("C", "(C) ...", "C. ...", "Answer: C"), else the choice the answer equals,
+   else the longest choice found as whole words in the answer (ties: none). 1.0 when they agree.
+   When the gold option cannot be identified the rule falls through to 4.
+3. closed (reference answer normalizes to yes / no / maybe): the answer's first word must be it.
+4. open: the normalized answer equals the normalized reference answer.
+Never raises on a completion; a bad reference raises `SampleError` naming the field.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from medmo_rl.schema import Sample
+
+from rewards.parsing import ParsedCompletion, as_reference, parse_completion
+
+_PUNCT = re.compile(r"[^\w\s]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_CLOSED = ("yes", "no", "maybe")
+_LETTER = re.compile(
+    r"^\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)\s*(?:is)?\s*[:\-]?\s*)?\(?([A-Z])\)?(?:[.):]|\s*$)",
+    re.I,
+)
+NO_LABELS_ACCURACY = 0.5
+
+
+def normalize_answer(text: str) -> str:
+    """lowercase → punctuation to spaces → drop articles → collapse whitespace."""
+    text = _PUNCT.sub(" ", text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _contains_words(haystack: str, needle: str) -> bool:
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+def _letter_index(text: str, n_choices: int, *, any_case: bool) -> int | None:
+    m = _LETTER.match(text)
+    if m is None:
+        return None
+    letter = m.group(1)
+    # "a nodule ..." must not read as option A: a lowercase letter counts only when the caller allows
+    if not any_case and not letter.isupper():
+        return None
+    idx = ord(letter.upper()) - ord("A")
+    return idx if idx < n_choices else None
+
+
+def _choice_index(text: str, choices: tuple[str, ...], *, search: bool) -> int | None:
+    norm = normalize_answer(text)
+    options = [normalize_answer(c) for c in choices]
+    if norm in options:
+        return options.index(norm)
+    if not search:
+        return None
+    found = [i for i, o in enumerate(options) if _contains_words(norm, o)]
+    if not found:
+        return None
+    longest = max(len(options[i]) for i in found)
+    best = [i for i in found if len(options[i]) == longest]
+    return best[0] if len(best) == 1 else None
+
+
+def _grounding_accuracy(parsed: ParsedCompletion, ref: Sample) -> float:
+    wanted = {normalize_answer(lab) for lab in ref.labels} - {""}
+    if not wanted:
+        return NO_LABELS_ACCURACY
+    named = {normalize_answer(lab) for lab in parsed.boxes.labels}
+    text = normalize_answer(parsed.answer)
+    hits = sum(lab in named or _contains_words(text, lab) for lab in wanted)
+    return hits / len(wanted)
+
+
+def _mcq_accuracy(answer: str, ref: Sample) -> float | None:
+    n = len(ref.choices)
+    gold = _choice_index(ref.answer, ref.choices, search=False)
+    if gold is None:
+        gold = _letter_index(ref.answer, n, any_case=True)
+    if gold is None:
+        return None
+    pred = _letter_index(answer, n, any_case=len(answer.strip()) == 1)
+    if pred is None:
+        pred = _choice_index(answer, ref.choices, search=True)
+    return float(pred == gold)
+
+
+def label_accuracy(completion: str | ParsedCompletion, reference: Sample | dict[str, Any]) -> float:
+    """Accuracy of the answer against the reference (module docstring for the rules); in [0, 1].
+
+    completion: the raw completion, or its `ParsedCompletion` (the composite parses once).
+    reference:  a `Sample` or a dict of record fields (id, prompt, images may be left out).
+    """
+    ref = as_reference(reference)
+    parsed = completion if isinstance(completion, ParsedCompletion) else parse_completion(completion)
+    if ref.task == "grounding":
+        return _grounding_accuracy(parsed, ref)
+    if ref.choices:
+        acc = _mcq_accuracy(parsed.answer, ref)
+        if acc is not None:
+            return acc
+    gold = normalize_answer(ref.answer)
+    pred = normalize_answer(parsed.answer)
+    if gold in _CLOSED:
+        return float(pred.split(" ", 1)[0] == gold)
+    return float(bool(gold) and pred == gold)
