@@ -1,0 +1,41 @@
+"""Typed records that travel between the RL stage's phases (STYLE.md: no string-keyed dicts).
+
+    Sample (medmo_rl.schema) ──rollout──> Group(sample, completions[G]) ──rewards──> ScoredGroup
+    ──advantages/filter──> TrainBatch ──learner──> new weights
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medmo_rl.schema import Sample
+
+
+@dataclass(frozen=True)
+class Completion:
+    sample_id: str
+    index: int  # 0..G-1 within its group
+    text: str
+    token_ids: tuple[int, ...]  # generated tokens only, [T_i]
+    logprobs: tuple[float, ...]  # engine (vLLM) logprob of each generated token, [T_i]
+    finish_reason: str  # "stop" | "length" | "error"
+    weight_version: int  # version of the policy weights that generated it
+    error: str | None = None  # per-request failure (prompt too long, corrupt image, ...)
+
+
+@dataclass(frozen=True)
+class Group:
+    """The G completions of one prompt, kept together (GRPO normalises within a group)."""
+
+    sample: Sample
+    prompt_token_ids: tuple[int, ...]  # as the engine tokenised the prompt (image pads expanded)
+    completions: tuple[Completion, ...]
+    error: str | None = None  # the whole request failed; completions is then empty
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 8  # G
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
