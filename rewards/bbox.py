@@ -35,6 +35,8 @@ it is checked against (tests and bench assert identical values). Pure: numpy + s
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import numbers
 from typing import Any, Sequence
@@ -48,28 +50,19 @@ MAX_MATCHED_BOXES = 1000
 L1_COST_CAP = 1e6
 NO_GT_REWARD = 0.5
 _MAX_PAIRS_PER_PASS = 1 << 20  # pairs computed in one numpy pass (≈ 50 MB of temporaries)
+_ENUM_MAX_K, _ENUM_MAX_N = 3, 6  # matchings solved by enumeration (≤ 120 assignments)
 
 
 # --------------------------------------------------------------------------------------------
-# input sanitation: anything → float array [n, 4], a row of NaN for an entry that is not 4 numbers
+# input sanitation: anything → float rows [n, 4]; an entry that is not 4 real numbers → a NaN row
 def _is_number(c: Any) -> bool:
-    return isinstance(c, numbers.Real) and not isinstance(c, (bool, np.bool_))
+    return isinstance(c, numbers.Real)  # bools count as 0/1, as everywhere in Python
 
 
 def _as_box_array(boxes: Any) -> np.ndarray:
-    """[n, 4] float64; an entry that is not 4 real numbers becomes a NaN row (unmatchable, counted)."""
-    if isinstance(boxes, np.ndarray) and boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.dtype.kind in "iuf":
-        return boxes.astype(np.float64, copy=False)
-    if not isinstance(boxes, (list, tuple, np.ndarray)):
+    """One sample's boxes → [n, 4] float64; not a list → no boxes; a bad entry → a NaN row."""
+    if not isinstance(boxes, (list, tuple, np.ndarray)) or len(boxes) == 0:
         return np.empty((0, 4))
-    if len(boxes) == 0:
-        return np.empty((0, 4))
-    try:  # fast path: a clean list of lists of ints/floats
-        arr = np.array(boxes)
-        if arr.ndim == 2 and arr.shape[1] == 4 and arr.dtype.kind in "iuf":
-            return arr.astype(np.float64, copy=False)
-    except (ValueError, TypeError, OverflowError):
-        pass
     out = np.full((len(boxes), 4), np.nan)
     for i, box in enumerate(boxes):
         if isinstance(box, (list, tuple, np.ndarray)) and len(box) == 4 and all(_is_number(c) for c in box):
@@ -80,11 +73,19 @@ def _as_box_array(boxes: Any) -> np.ndarray:
     return out
 
 
-def _matchable(b: np.ndarray) -> np.ndarray:
-    """[n] bool: finite, x2 > x1, y2 > y1, area finite and positive."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
+def _flatten(boxes_list: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """B samples' boxes → (all rows [N, 4] float64, rows per sample [B]); one numpy call if clean."""
+    try:
+        if set(map(type, boxes_list)) <= {list, tuple}:
+            flat = [b for x in boxes_list for b in x]
+            arr = np.array(flat) if flat else np.empty((0, 4))
+            if arr.ndim == 2 and arr.shape[1] == 4 and arr.dtype.kind in "iuf":
+                return arr.astype(np.float64, copy=False), np.array([len(x) for x in boxes_list], dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    arrays = [_as_box_array(x) for x in boxes_list]
+    rows = np.concatenate(arrays) if arrays else np.empty((0, 4))
+    return rows, np.array([len(a) for a in arrays], dtype=np.int64)
 
 
 def _size_or_none(image_size: Any) -> tuple[float, float] | None:
@@ -97,8 +98,36 @@ def _size_or_none(image_size: Any) -> tuple[float, float] | None:
     return w, h
 
 
-def _positive_or_one(v: float) -> float:
-    return v if math.isfinite(v) and v > 0 else 1.0
+def _sizes(image_sizes: Sequence[Any] | None, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """→ (W, H) rows [B, 2] and whether each was given [B]; an unusable size counts as not given."""
+    if image_sizes is None:
+        return np.zeros((B, 2)), np.zeros(B, dtype=bool)
+    try:  # fast path: every size given as two numbers
+        wh = np.array(image_sizes, dtype=np.float64)
+        if wh.shape == (B, 2):
+            return wh, np.ones(B, dtype=bool)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    wh, given = np.zeros((B, 2)), np.zeros(B, dtype=bool)
+    if image_sizes is not None:
+        for b, size in enumerate(image_sizes):
+            size = _size_or_none(size)
+            if size is not None:
+                wh[b], given[b] = size, True
+    return wh, given
+
+
+def _positive_or_one(v):
+    """Elementwise: v where finite and > 0, else 1 (floats or arrays)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(v) & (v > 0), v, 1.0)
+
+
+def _matchable(b: np.ndarray) -> np.ndarray:
+    """[n] bool: finite, x2 > x1, y2 > y1, area finite and positive."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
 
 
 def _pair_score(l1, giou, w_l1: float, w_giou: float):
@@ -107,15 +136,6 @@ def _pair_score(l1, giou, w_l1: float, w_giou: float):
         return l1 * 0.0
     l1c = np.clip(l1, 0.0, 1.0)
     return (w_l1 * (1.0 - l1c) + w_giou * ((giou + 1.0) / 2.0)) / (w_l1 + w_giou)
-
-
-def _final(base: float, G: int, P: int, m: int, lambda_fn: float, lambda_fp: float, square: bool) -> float:
-    """Eqs. 11–12 for one sample."""
-    pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / max(1, G)
-    r = min(1.0, max(0.0, base - pen))
-    if square:
-        r = r * r
-    return r if math.isfinite(r) else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +170,7 @@ def bbox_reward_batch(
     lambda_fp: float = 0.0,
     square: bool = False,
 ) -> np.ndarray:
-    """R_bbox for B samples at once → float64 [B]. Same values as `bbox_reward_reference`.
+    """R_bbox for B samples at once → float64 [B], the same values as `bbox_reward_reference`.
 
     preds_list, gts_list: B box lists; image_sizes: B × (W, H) or None (None: infer per sample).
     """
@@ -158,97 +178,124 @@ def bbox_reward_batch(
     if len(gts_list) != B or (image_sizes is not None and len(image_sizes) != B):
         raise ValueError(f"batch lengths differ: {B} preds, {len(gts_list)} gts, "
                          f"{'no' if image_sizes is None else len(image_sizes)} image sizes")
-    preds = [_as_box_array(p) for p in preds_list]
-    gts = [_as_box_array(g) for g in gts_list]
-    sizes = [None] * B if image_sizes is None else [_size_or_none(s) for s in image_sizes]
+    pb, P = _flatten(preds_list)
+    gb, G = _flatten(gts_list)
+    wh, given = _sizes(image_sizes, B)
+    p_off = np.concatenate(([0], np.cumsum(P)))
+    g_off = np.concatenate(([0], np.cumsum(G)))
+    kw = dict(w_l1=w_l1, w_giou=w_giou, lambda_fn=lambda_fn, lambda_fp=lambda_fp, square=square)
+    # passes of whole samples, each holding at most _MAX_PAIRS_PER_PASS (pred, gt) pairs
+    pairs = np.cumsum(np.minimum(P, MAX_MATCHED_BOXES) * np.minimum(G, MAX_MATCHED_BOXES))
     out = np.empty(B)
-    # group samples so that one numpy pass never holds more than _MAX_PAIRS_PER_PASS pairs
-    start, pairs = 0, 0
-    for b in range(B):
-        n = min(len(preds[b]), MAX_MATCHED_BOXES) * min(len(gts[b]), MAX_MATCHED_BOXES)
-        if b > start and pairs + n > _MAX_PAIRS_PER_PASS:
-            out[start:b] = _batch_pass(preds[start:b], gts[start:b], sizes[start:b],
-                                       w_l1, w_giou, lambda_fn, lambda_fp, square)
-            start, pairs = b, 0
-        pairs += n
-    if start < B:
-        out[start:] = _batch_pass(preds[start:], gts[start:], sizes[start:],
-                                  w_l1, w_giou, lambda_fn, lambda_fp, square)
+    start = 0
+    while start < B:
+        done = pairs[start - 1] if start else 0
+        end = max(start + 1, int(np.searchsorted(pairs, done + _MAX_PAIRS_PER_PASS, side="right")))
+        out[start:end] = _batch_pass(
+            pb[p_off[start] : p_off[end]], P[start:end], gb[g_off[start] : g_off[end]], G[start:end],
+            wh[start:end], given[start:end], **kw,
+        )
+        start = end
     return out
 
 
-def _segment_rank(mask: np.ndarray, seg: np.ndarray, seg_start: np.ndarray) -> np.ndarray:
-    """1-based rank of each True entry among the True entries of its segment."""
-    c = np.cumsum(mask)
-    before = np.concatenate(([0], c))[seg_start]
-    return c - before[seg]
+def _segment_starts(counts: np.ndarray) -> np.ndarray:
+    return np.cumsum(counts) - counts
 
 
-def _batch_pass(preds, gts, sizes, w_l1, w_giou, lambda_fn, lambda_fp, square) -> np.ndarray:
-    B = len(preds)
-    P = np.array([len(p) for p in preds], dtype=np.int64)
-    G = np.array([len(g) for g in gts], dtype=np.int64)
-    pb = np.concatenate(preds) if B else np.empty((0, 4))
-    gb = np.concatenate(gts) if B else np.empty((0, 4))
-    p_seg, g_seg = np.repeat(np.arange(B), P), np.repeat(np.arange(B), G)
-    p_start, g_start = np.cumsum(P) - P, np.cumsum(G) - G
+def _keep_first(ok: np.ndarray, counts: np.ndarray, limit: int) -> np.ndarray:
+    """ok, but only the first `limit` True entries of each segment."""
+    seg = np.repeat(np.arange(counts.size), counts)
+    c = np.cumsum(ok)
+    before = np.concatenate(([0], c))[_segment_starts(counts)]
+    return ok & (c - before[seg] <= limit)
 
-    # matchable boxes, at most MAX_MATCHED_BOXES per sample and side, kept in input order
-    p_ok = _matchable(pb)
-    p_ok &= _segment_rank(p_ok, p_seg, p_start) <= MAX_MATCHED_BOXES
-    g_ok = _matchable(gb)
-    g_ok &= _segment_rank(g_ok, g_seg, g_start) <= MAX_MATCHED_BOXES
-    vp, vp_seg, vg, vg_seg = pb[p_ok], p_seg[p_ok], gb[g_ok], g_seg[g_ok]
-    nP, nG = np.bincount(vp_seg, minlength=B), np.bincount(vg_seg, minlength=B)
-    vp_start, vg_start = np.cumsum(nP) - nP, np.cumsum(nG) - nG
 
-    # (W, H): image_size, else the largest GT x2, y2 (1 where not positive)
+def _batch_pass(pb, P, gb, G, wh, given, *, w_l1, w_giou, lambda_fn, lambda_fp, square) -> np.ndarray:
+    B = P.size
+    p_ok = _keep_first(_matchable(pb), P, MAX_MATCHED_BOXES)
+    g_ok = _keep_first(_matchable(gb), G, MAX_MATCHED_BOXES)
+    vp, vg = pb[p_ok], gb[g_ok]
+    vg_seg = np.repeat(np.arange(B), G)[g_ok]
+    nP = np.bincount(np.repeat(np.arange(B), P)[p_ok], minlength=B)
+    nG = np.bincount(vg_seg, minlength=B)
+
+    # (W, H): image_size, else the largest GT x2, y2; 1 where not positive
     inferred = np.full((B, 2), -np.inf)
     np.maximum.at(inferred, vg_seg, vg[:, 2:4])
-    norm = np.empty(B)
-    for b in range(B):
-        w, h = sizes[b] if sizes[b] is not None else (float(inferred[b, 0]), float(inferred[b, 1]))
-        norm[b] = 2.0 * np.hypot(_positive_or_one(w), _positive_or_one(h))
+    size = _positive_or_one(np.where(given[:, None], wh, inferred))
+    norm = 2.0 * np.hypot(size[:, 0], size[:, 1])
 
-    # all (pred, gt) pairs of every sample, pred-major within a sample
+    # every (pred, gt) pair of every sample, pred-major within a sample
     n_pairs = nP * nG
     pair_seg = np.repeat(np.arange(B), n_pairs)
-    k = np.arange(pair_seg.size) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    pair_start = _segment_starts(n_pairs)
+    k = np.arange(pair_seg.size) - pair_start[pair_seg]
     gi = nG[pair_seg]  # > 0 wherever there is a pair
     pi = k // gi
-    p = vp[vp_start[pair_seg] + pi]
-    g = vg[vg_start[pair_seg] + k - pi * gi]
-    l1, giou = _pairwise(p, g, norm[pair_seg])
+    l1, giou = _pairwise(vp[_segment_starts(nP)[pair_seg] + pi], vg[_segment_starts(nG)[pair_seg] + k - pi * gi],
+                         norm[pair_seg])
     cost = MATCH_W_L1 * np.minimum(l1, L1_COST_CAP) + MATCH_W_GIOU * (1.0 - giou)
 
-    # Hungarian matching: one scipy solve per sample with ≥ 2 boxes on both sides;
-    # a 1×n or n×1 matching is the first minimum of its segment (what scipy returns too)
     m = np.minimum(nP, nG)
-    pair_start = np.cumsum(n_pairs) - n_pairs
-    matched: list[np.ndarray] = []
+    idx = _match(cost, pair_seg, pair_start, nP, nG)  # sorted: by sample, then pair
+    s = _pair_score(l1[idx], giou[idx], w_l1, w_giou)
+
+    # Σ_k s_k: one or two terms add exactly like math.fsum; longer sums use fsum itself
+    seg_start = _segment_starts(m)
+    base = np.zeros(B)
+    has = m > 0
+    base[has] = np.add.reduceat(s, seg_start[has]) if s.size else 0.0
+    for b in np.flatnonzero(m > 2):
+        base[b] = math.fsum(s[seg_start[b] : seg_start[b] + m[b]].tolist())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = base / np.maximum(G, 1)
+        pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / np.maximum(1, G)
+        r = np.clip(base - pen, 0.0, 1.0)
+        if square:
+            r = r * r
+    r = np.where(np.isfinite(r), r, 0.0)
+    return np.where(G == 0, NO_GT_REWARD, r)
+
+
+@functools.lru_cache(maxsize=None)
+def _assignments(p: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every injective assignment between p preds and g gts as (rows, cols) [assignments, min(p, g)]."""
+    if p <= g:  # pred i takes gt perm[i]
+        perms = np.array(list(itertools.permutations(range(g), p)))
+        return np.broadcast_to(np.arange(p), perms.shape), perms
+    perms = np.array(list(itertools.permutations(range(p), g)))  # gt j takes pred perm[j]
+    return perms, np.broadcast_to(np.arange(g), perms.shape)
+
+
+def _match(cost: np.ndarray, pair_seg, pair_start, nP, nG) -> np.ndarray:
+    """Minimum-cost assignment per sample → indices of the matched pairs, sorted.
+
+    1×n / n×1: the first minimum of the segment (what scipy returns). Both sides ≥ 2 and the
+    larger ≤ _ENUM_MAX_N with the smaller ≤ _ENUM_MAX_K: every injective assignment enumerated
+    in numpy, first minimum kept — the same optimum scipy finds, without a Python call per
+    sample. Larger problems: scipy.optimize.linear_sum_assignment (Hungarian) per sample.
+    """
+    m = np.minimum(nP, nG)
+    matched = []
     one = np.flatnonzero(m == 1)
     if one.size:
         order = np.lexsort((cost, pair_seg))
         matched.append(order[pair_start[one]])
-    for b in np.flatnonzero(m >= 2):
+    small = (m >= 2) & (m <= _ENUM_MAX_K) & (np.maximum(nP, nG) <= _ENUM_MAX_N)
+    shapes = np.unique(np.stack([nP[small], nG[small]], axis=1), axis=0) if small.any() else []
+    for p, g in (tuple(map(int, shape)) for shape in shapes):
+        bs = np.flatnonzero(small & (nP == p) & (nG == g))
+        blocks = cost[pair_start[bs][:, None] + np.arange(p * g)].reshape(-1, p, g)
+        rows, cols = _assignments(p, g)
+        totals = blocks[:, rows, cols].sum(axis=2)  # [samples, assignments]
+        best = np.argmin(totals, axis=1)
+        matched.append((pair_start[bs][:, None] + rows[best] * g + cols[best]).ravel())
+    for b in np.flatnonzero((m >= 2) & ~small):
         o = pair_start[b]
-        rows, cols = linear_sum_assignment(cost[o : o + n_pairs[b]].reshape(nP[b], nG[b]))
-        matched.append(o + rows * nG[b] + cols)
-    idx = np.sort(np.concatenate(matched)) if matched else np.empty(0, dtype=np.int64)
-    s = _pair_score(l1[idx], giou[idx], w_l1, w_giou)
-
-    # Σ s_k per sample with math.fsum (exactly rounded, so independent of summation order)
-    s_seg = pair_seg[idx]
-    bounds = np.searchsorted(s_seg, np.arange(B + 1))
-    s_list = s.tolist()
-    out = np.empty(B)
-    for b in range(B):
-        if G[b] == 0:
-            out[b] = NO_GT_REWARD
-            continue
-        base = math.fsum(s_list[bounds[b] : bounds[b + 1]]) / int(G[b])
-        out[b] = _final(base, int(G[b]), int(P[b]), int(m[b]), lambda_fn, lambda_fp, square)
-    return out
+        r, c = linear_sum_assignment(cost[o : o + nP[b] * nG[b]].reshape(nP[b], nG[b]))
+        matched.append(o + r * nG[b] + c)
+    return np.sort(np.concatenate(matched)) if matched else np.empty(0, dtype=np.int64)
 
 
 def _pairwise(p: np.ndarray, g: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +356,7 @@ def bbox_reward_reference(
     size = _size_or_none(image_size)
     if size is None:
         size = (max((b[2] for b in vg), default=-math.inf), max((b[3] for b in vg), default=-math.inf))
-    norm = 2.0 * np.hypot(_positive_or_one(size[0]), _positive_or_one(size[1]))
+    norm = float(2.0 * np.hypot(_positive_or_one(size[0]), _positive_or_one(size[1])))
 
     l1 = np.zeros((len(vp), len(vg)))
     giou = np.zeros((len(vp), len(vg)))
@@ -326,4 +373,9 @@ def bbox_reward_reference(
     cost = MATCH_W_L1 * np.minimum(l1, L1_COST_CAP) + MATCH_W_GIOU * (1.0 - giou)
     rows, cols = linear_sum_assignment(cost)
     scores = [float(_pair_score(l1[i, j], giou[i, j], w_l1, w_giou)) for i, j in zip(rows, cols)]
-    return _final(math.fsum(scores) / G, G, P, len(rows), lambda_fn, lambda_fp, square)
+    m = len(rows)
+    pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / max(1, G)
+    r = min(1.0, max(0.0, math.fsum(scores) / G - pen))
+    if square:
+        r = r * r
+    return r if math.isfinite(r) else 0.0

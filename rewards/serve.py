@@ -1,0 +1,108 @@
+"""Run the reward service: one uvicorn process, or N Ray Serve replicas of the same FastAPI app.
+
+    python -m rewards.serve --host 127.0.0.1 --port 8000 [--config configs/tiny.yaml]
+    python -m rewards.serve --port 8000 --replicas 4 [--cpus-per-replica 0.5] [--ray-address auto]
+    MEDMO_REWARD_TOKEN=secret python -m rewards.serve ...   # then POST needs "Authorization: Bearer secret"
+
+Inside a Ray job the RL driver calls `deploy_serve(config, replicas, host, port, cpus_per_replica)`.
+Binds 127.0.0.1 unless told otherwise. The reward config is the `reward:` section of a recipe
+YAML (`medmo_rl.config.load_config(path).reward`), default `RewardConfig()`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+from medmo_rl.config import RewardConfig, load_config
+
+from rewards.service import DEFAULT_MAX_BODY_BYTES, create_app
+
+TOKEN_ENV = "MEDMO_REWARD_TOKEN"
+SERVE_APP_NAME = "medmo-rewards"
+
+
+class RewardDeployment:
+    """Ray Serve replica: builds the FastAPI app on the replica (nothing unpicklable is shipped)."""
+
+    def __init__(self, config: RewardConfig, token: str | None, max_body_bytes: int):
+        self._args = (config, token, max_body_bytes)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(*self._args)
+
+
+def deploy_serve(
+    config: RewardConfig,
+    replicas: int,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cpus_per_replica: float = 0.25,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> str:
+    """Run the service as `replicas` Ray Serve replicas behind Serve's HTTP proxy on host:port.
+
+    Needs a running Ray (`ray.init` done by the caller). token: defaults to $MEDMO_REWARD_TOKEN,
+    passed to the replicas explicitly (they may run on nodes without that variable).
+    Returns the base URL. Serve's HTTP options are cluster-wide: one host/port per cluster.
+    """
+    from ray import serve  # at the edge: plain uvicorn serving needs no Ray
+
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    serve.start(http_options={"host": host, "port": port})
+    deployment = serve.deployment(serve.ingress()(RewardDeployment), name="RewardService")
+    app = deployment.options(
+        num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica}
+    ).bind(config, token, max_body_bytes)
+    serve.run(app, name=SERVE_APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rewards.serve", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--config", default=None, help="recipe YAML; its reward: section configures the rewards")
+    p.add_argument("--replicas", type=int, default=0, help="N ≥ 1: run N Ray Serve replicas; 0: one uvicorn process")
+    p.add_argument("--cpus-per-replica", type=float, default=None, help="default: reward.cpus_per_replica")
+    p.add_argument("--ray-address", default=None, help="ray.init address (default: join a running cluster or start one)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    args = p.parse_args(argv)
+    if args.replicas < 0:
+        p.error("--replicas must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    config = load_config(args.config).reward if args.config else RewardConfig()
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.replicas == 0:
+        import uvicorn
+
+        app = create_app(config, token, args.max_body_bytes)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        return
+
+    import ray
+    from ray import serve
+
+    ray.init(address=args.ray_address)
+    cpus = args.cpus_per_replica if args.cpus_per_replica is not None else config.cpus_per_replica
+    url = deploy_serve(config, args.replicas, args.host, args.port, cpus, token=token,
+                       max_body_bytes=args.max_body_bytes)
+    print(f"reward service: {args.replicas} Ray Serve replicas at {url}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
