@@ -127,9 +127,10 @@ class RLConfig:
     eps_high: float = 0.25  # upper bound (paper: "epsilon_high")
     epochs: float = 2.0
     max_steps: int = 0  # 0 → derived from epochs
-    batch_size: int = 2  # prompts per micro-batch per learner
-    grad_accum: int = 4
-    prompts_per_step: int = 0  # 0 → batch_size · grad_accum · num_learners
+    batch_size: int = 2  # completions per micro-batch per learner (TRL's per_device_train_batch_size)
+    grad_accum: int = 4  # micro-batches per optimizer step
+    mini_batches: int = 1  # optimizer steps per rollout batch (>1: later ones are off-policy, clipping bites)
+    prompts_per_step: int = 0  # 0 → batch_size · grad_accum · mini_batches · num_learners / num_generations
     lr: float = 1e-6
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_ratio: float = 0.1
@@ -252,7 +253,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cfg
 
 
-_POSITIVE = {"batch_size", "grad_accum", "num_generations", "num_workers", "num_learners", "max_model_len",
+_POSITIVE = {"batch_size", "grad_accum", "mini_batches", "num_generations", "num_workers", "num_learners", "max_model_len",
              "max_completion_tokens", "max_prompt_tokens", "replicas", "max_num_seqs", "num_cpus",
              "max_seq_len", "max_pixels", "synthetic_image_px", "tensor_parallel_size"}
 _NONNEG = {"lr", "warmup_ratio", "weight_decay", "grad_clip", "kl_coef", "epochs", "max_steps", "timeout_s",

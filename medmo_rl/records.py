@@ -39,3 +39,15 @@ class SamplingSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One completion ready for the learner: tokens, its advantage, and what the engine said."""
+
+    sample: Sample  # for the image(s) only: the prompt is already tokenised
+    prompt_token_ids: tuple[int, ...]  # [P] engine's prompt ids (image pads expanded)
+    completion_token_ids: tuple[int, ...]  # [T]
+    engine_logprobs: tuple[float, ...]  # [T] vLLM logprobs (behaviour policy as the engine saw it)
+    advantage: float  # group-normalised, 0 for failed scoring
+    loss_mask: bool = True  # False drops every token (e.g. truncated completions when masked)

@@ -50,7 +50,7 @@ MAX_MATCHED_BOXES = 1000
 L1_COST_CAP = 1e6
 NO_GT_REWARD = 0.5
 _MAX_PAIRS_PER_PASS = 1 << 20  # pairs computed in one numpy pass (≈ 50 MB of temporaries)
-_ENUM_MAX_K, _ENUM_MAX_N = 3, 6  # matchings solved by enumeration (≤ 120 assignments)
+_ENUM_MAX_N = 6  # matchings up to 6×6 solved by enumeration (≤ 720 assignments)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,15 +119,13 @@ def _sizes(image_sizes: Sequence[Any] | None, B: int) -> tuple[np.ndarray, np.nd
 
 def _positive_or_one(v):
     """Elementwise: v where finite and > 0, else 1 (floats or arrays)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(v) & (v > 0), v, 1.0)
+    return np.where(np.isfinite(v) & (v > 0), v, 1.0)
 
 
 def _matchable(b: np.ndarray) -> np.ndarray:
     """[n] bool: finite, x2 > x1, y2 > y1, area finite and positive."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
 
 
 def _pair_score(l1, giou, w_l1: float, w_giou: float):
@@ -191,10 +189,11 @@ def bbox_reward_batch(
     while start < B:
         done = pairs[start - 1] if start else 0
         end = max(start + 1, int(np.searchsorted(pairs, done + _MAX_PAIRS_PER_PASS, side="right")))
-        out[start:end] = _batch_pass(
-            pb[p_off[start] : p_off[end]], P[start:end], gb[g_off[start] : g_off[end]], G[start:end],
-            wh[start:end], given[start:end], **kw,
-        )
+        with np.errstate(all="ignore"):  # absurd coordinates overflow to inf/NaN; handled explicitly
+            out[start:end] = _batch_pass(
+                pb[p_off[start] : p_off[end]], P[start:end], gb[g_off[start] : g_off[end]], G[start:end],
+                wh[start:end], given[start:end], **kw,
+            )
         start = end
     return out
 
@@ -205,6 +204,8 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
 
 def _keep_first(ok: np.ndarray, counts: np.ndarray, limit: int) -> np.ndarray:
     """ok, but only the first `limit` True entries of each segment."""
+    if counts.size == 0 or counts.max() <= limit:
+        return ok
     seg = np.repeat(np.arange(counts.size), counts)
     c = np.cumsum(ok)
     before = np.concatenate(([0], c))[_segment_starts(counts)]
@@ -222,7 +223,8 @@ def _batch_pass(pb, P, gb, G, wh, given, *, w_l1, w_giou, lambda_fn, lambda_fp, 
 
     # (W, H): image_size, else the largest GT x2, y2; 1 where not positive
     inferred = np.full((B, 2), -np.inf)
-    np.maximum.at(inferred, vg_seg, vg[:, 2:4])
+    if not given.all():
+        np.maximum.at(inferred, vg_seg, vg[:, 2:4])
     size = _positive_or_one(np.where(given[:, None], wh, inferred))
     norm = 2.0 * np.hypot(size[:, 0], size[:, 1])
 
@@ -238,7 +240,7 @@ def _batch_pass(pb, P, gb, G, wh, given, *, w_l1, w_giou, lambda_fn, lambda_fp, 
     cost = MATCH_W_L1 * np.minimum(l1, L1_COST_CAP) + MATCH_W_GIOU * (1.0 - giou)
 
     m = np.minimum(nP, nG)
-    idx = _match(cost, pair_seg, pair_start, nP, nG)  # sorted: by sample, then pair
+    idx = _match(cost, pair_start, nP, nG)  # sorted: by sample, then pair
     s = _pair_score(l1[idx], giou[idx], w_l1, w_giou)
 
     # Σ_k s_k: one or two terms add exactly like math.fsum; longer sums use fsum itself
@@ -248,50 +250,48 @@ def _batch_pass(pb, P, gb, G, wh, given, *, w_l1, w_giou, lambda_fn, lambda_fp, 
     base[has] = np.add.reduceat(s, seg_start[has]) if s.size else 0.0
     for b in np.flatnonzero(m > 2):
         base[b] = math.fsum(s[seg_start[b] : seg_start[b] + m[b]].tolist())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        base = base / np.maximum(G, 1)
-        pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / np.maximum(1, G)
-        r = np.clip(base - pen, 0.0, 1.0)
-        if square:
-            r = r * r
+    base = base / np.maximum(G, 1)
+    pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / np.maximum(1, G)
+    r = np.clip(base - pen, 0.0, 1.0)
+    if square:
+        r = r * r
     r = np.where(np.isfinite(r), r, 0.0)
     return np.where(G == 0, NO_GT_REWARD, r)
 
 
 @functools.lru_cache(maxsize=None)
-def _assignments(p: int, g: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every injective assignment between p preds and g gts as (rows, cols) [assignments, min(p, g)]."""
+def _assignments(p: int, g: int) -> np.ndarray:
+    """Every injective assignment between p preds and g gts, as flat pair indices i·g + j [A, min(p, g)]."""
     if p <= g:  # pred i takes gt perm[i]
         perms = np.array(list(itertools.permutations(range(g), p)))
-        return np.broadcast_to(np.arange(p), perms.shape), perms
+        return np.arange(p) * g + perms
     perms = np.array(list(itertools.permutations(range(p), g)))  # gt j takes pred perm[j]
-    return perms, np.broadcast_to(np.arange(g), perms.shape)
+    return perms * g + np.arange(g)
 
 
-def _match(cost: np.ndarray, pair_seg, pair_start, nP, nG) -> np.ndarray:
+def _match(cost: np.ndarray, pair_start: np.ndarray, nP: np.ndarray, nG: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment per sample → indices of the matched pairs, sorted.
 
-    1×n / n×1: the first minimum of the segment (what scipy returns). Both sides ≥ 2 and the
-    larger ≤ _ENUM_MAX_N with the smaller ≤ _ENUM_MAX_K: every injective assignment enumerated
-    in numpy, first minimum kept — the same optimum scipy finds, without a Python call per
-    sample. Larger problems: scipy.optimize.linear_sum_assignment (Hungarian) per sample.
+    Samples with at most _ENUM_MAX_N boxes a side (nearly all) are grouped by shape and every
+    injective assignment is enumerated in numpy, the first minimum kept: the optimum scipy's
+    Hungarian solver finds, without a Python call per sample (tests check the values agree).
+    Larger problems: scipy.optimize.linear_sum_assignment per sample.
     """
     m = np.minimum(nP, nG)
+    small = (m >= 1) & (np.maximum(nP, nG) <= _ENUM_MAX_N)
+    shape_key = np.where(small, nP * (_ENUM_MAX_N + 1) + nG, -1)
     matched = []
-    one = np.flatnonzero(m == 1)
-    if one.size:
-        order = np.lexsort((cost, pair_seg))
-        matched.append(order[pair_start[one]])
-    small = (m >= 2) & (m <= _ENUM_MAX_K) & (np.maximum(nP, nG) <= _ENUM_MAX_N)
-    shapes = np.unique(np.stack([nP[small], nG[small]], axis=1), axis=0) if small.any() else []
-    for p, g in (tuple(map(int, shape)) for shape in shapes):
-        bs = np.flatnonzero(small & (nP == p) & (nG == g))
-        blocks = cost[pair_start[bs][:, None] + np.arange(p * g)].reshape(-1, p, g)
-        rows, cols = _assignments(p, g)
-        totals = blocks[:, rows, cols].sum(axis=2)  # [samples, assignments]
-        best = np.argmin(totals, axis=1)
-        matched.append((pair_start[bs][:, None] + rows[best] * g + cols[best]).ravel())
-    for b in np.flatnonzero((m >= 2) & ~small):
+    for key in np.flatnonzero(np.bincount(shape_key[small], minlength=1)):
+        p, g = divmod(int(key), _ENUM_MAX_N + 1)
+        starts = pair_start[shape_key == key]
+        if p == g == 1:
+            matched.append(starts)
+            continue
+        lin = _assignments(p, g)
+        blocks = cost[starts[:, None] + np.arange(p * g)]  # [samples, p·g]
+        best = blocks[:, lin].sum(axis=2).argmin(axis=1)  # [samples]
+        matched.append((starts[:, None] + lin[best]).ravel())
+    for b in np.flatnonzero((m >= 1) & ~small):
         o = pair_start[b]
         r, c = linear_sum_assignment(cost[o : o + nP[b] * nG[b]].reshape(nP[b], nG[b]))
         matched.append(o + r * nG[b] + c)
@@ -300,18 +300,15 @@ def _match(cost: np.ndarray, pair_seg, pair_start, nP, nG) -> np.ndarray:
 
 def _pairwise(p: np.ndarray, g: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 7 L1 and GIoU for aligned rows p[k], g[k] (all matchable), normalised by norm[k]."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        px1, py1, px2, py2 = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
-        gx1, gy1, gx2, gy2 = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
-        l1 = (np.abs(px1 - gx1) + np.abs(py1 - gy1) + np.abs(px2 - gx2) + np.abs(py2 - gy2)) / norm
-        iw = np.maximum(np.minimum(px2, gx2) - np.maximum(px1, gx1), 0.0)
-        ih = np.maximum(np.minimum(py2, gy2) - np.maximum(py1, gy1), 0.0)
-        inter = iw * ih
-        union = (px2 - px1) * (py2 - py1) + (gx2 - gx1) * (gy2 - gy1) - inter
-        cw = np.maximum(px2, gx2) - np.minimum(px1, gx1)
-        ch = np.maximum(py2, gy2) - np.minimum(py1, gy1)
-        c = cw * ch
-        giou = inter / union - (c - union) / c
+    px1, py1, px2, py2 = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+    gx1, gy1, gx2, gy2 = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
+    l1 = (np.abs(px1 - gx1) + np.abs(py1 - gy1) + np.abs(px2 - gx2) + np.abs(py2 - gy2)) / norm
+    iw = np.maximum(np.minimum(px2, gx2) - np.maximum(px1, gx1), 0.0)
+    ih = np.maximum(np.minimum(py2, gy2) - np.maximum(py1, gy1), 0.0)
+    inter = iw * ih
+    union = (px2 - px1) * (py2 - py1) + (gx2 - gx1) * (gy2 - gy1) - inter
+    c = (np.maximum(px2, gx2) - np.minimum(px1, gx1)) * (np.maximum(py2, gy2) - np.minimum(py1, gy1))
+    giou = inter / union - (c - union) / c
     return np.where(np.isnan(l1), np.inf, l1), np.where(np.isnan(giou), -1.0, giou)
 
 

@@ -4,7 +4,7 @@ A converter module exposes
     iter_samples(src_dir, report, **options) -> Iterator[Sample]   (streams; fills `report`)
     convert(src_dir, **options) -> ConversionReport                (the same, collected)
 Every input that does not become a sample is in `report.rejected` as (file[#record], reason),
-and counted under `counts["rejected:<kind>"]` — nothing is dropped silently, nothing raises.
+and counted under `counts["rejected:<kind>"]` — nothing is dropped silently, and no bad input raises.
 Box convention: absolute pixels of the original image, (x1, y1, x2, y2), continuous pixel edges
 (a box covering pixel columns 3..5 inclusive is x1=3, x2=6).
 """
@@ -92,6 +92,13 @@ def box_problem(box: Box, size: tuple[int, int]) -> tuple[str, str] | None:
     return None
 
 
+def grounding_answer(labels: Iterable[str], boxes: Iterable[Box], size: tuple[int, int]) -> str:
+    """The model-facing target (boxes.py: Qwen3-VL 0–1000 grid), so SFT can train on it as is."""
+    from medmo_rl.boxes import format_grounding_answer, to_relative
+
+    return format_grounding_answer(list(labels), [to_relative(b, size) for b in boxes])
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 def _features():
@@ -127,8 +134,8 @@ def write_dataset(samples: Iterable[Sample], out_dir: str | os.PathLike) -> dict
     n = write_jsonl(samples, jsonl)
     hf = out / "hf"
     cache = out / ".hf_cache"
-    if hf.exists():
-        shutil.rmtree(hf)
+    for stale in (hf, cache):  # an old cache would be reused by fingerprint: never keep one
+        shutil.rmtree(stale, ignore_errors=True)
     if n:
         ds = Dataset.from_generator(_jsonl_rows, features=_features(), cache_dir=str(cache),
                                     gen_kwargs={"path": str(jsonl)})
@@ -145,10 +152,3 @@ def write_report(report: ConversionReport, path: str | os.PathLike) -> None:
     Path(path).write_text(json.dumps(
         {"counts": dict(sorted(report.counts.items())),
          "rejected": [{"where": w, "reason": r} for w, r in report.rejected]}, indent=1) + "\n")
-
-
-def grounding_answer(labels: Iterable[str], boxes: Iterable[Box], size: tuple[int, int]) -> str:
-    """The model-facing target (boxes.py: Qwen3-VL 0–1000 grid), so SFT can train on it as is."""
-    from medmo_rl.boxes import format_grounding_answer, to_relative
-
-    return format_grounding_answer(list(labels), [to_relative(b, size) for b in boxes])

@@ -1,0 +1,93 @@
+"""N learner ranks as Ray actors, joined by torch.distributed — placed independently of rollout.
+
+The driver hands the whole rollout batch to `LearnerGroup.train_step`; the group cuts it into
+`rl.mini_batches` global mini-batches, shards each over the ranks, pads shards so every rank runs
+the same number of micro-batches (masked copies: they add no gradient), and passes each rank the
+GLOBAL token count per mini-batch so the token-level loss is normalised over the whole batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import ray
+
+from medmo_rl.config import RLConfig
+from medmo_rl.learner import Learner, split_even
+from medmo_rl.records import TrainItem
+
+
+def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: int, micro_batch: int
+                ) -> tuple[list[list[list[TrainItem]]], list[int]]:
+    """→ (shards[rank][mini_batch] = items, global unmasked tokens per mini-batch)."""
+    shards: list[list[list[TrainItem]]] = [[] for _ in range(world_size)]
+    tokens: list[int] = []
+    for mb in split_even(list(items), mini_batches):
+        tokens.append(sum(len(it.completion_token_ids) for it in mb if it.loss_mask))
+        pieces = split_even(mb, world_size)
+        # same number of micro-batches on every rank, or DDP's all-reduce waits forever
+        n_micro = max(1, max(math.ceil(len(p) / micro_batch) for p in pieces))
+        filler = dataclasses.replace(mb[0], loss_mask=False) if mb else None
+        for rank, piece in enumerate(pieces):
+            piece = list(piece)
+            while math.ceil(len(piece) / micro_batch) < n_micro and filler is not None:
+                piece.append(filler)
+            shards[rank].append(piece)
+    return shards, tokens
+
+
+class LearnerGroup:
+    def __init__(self, model_dir: str, rl: RLConfig, *, total_steps: int, max_pixels: int, seed: int):
+        self.rl = rl
+        n = rl.num_learners
+        actor = ray.remote(num_cpus=rl.cpus_per_learner, num_gpus=1 if rl.use_gpu else 0)(Learner)
+        threads = max(1, int(rl.cpus_per_learner))
+        self.actors = [actor.remote(model_dir, rl, total_steps=total_steps, max_pixels=max_pixels, rank=r,
+                                    world_size=n, seed=seed, num_threads=threads) for r in range(n)]
+        addr, port = ray.get(self.actors[0].free_address.remote())
+        ray.get([a.init_distributed.remote(addr, port) for a in self.actors])
+
+    def train_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
+        shards, tokens = shard_batch(items, mini_batches=self.rl.mini_batches, world_size=len(self.actors),
+                                     micro_batch=self.rl.batch_size)
+        per_rank = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
+        return reduce_stats(per_rank)
+
+    def weights_ref(self) -> ray.ObjectRef:
+        """The policy weights of rank 0 (all ranks are identical after DDP), in the object store."""
+        return self.actors[0].weights.remote()
+
+    def probe_logprobs(self, probe: Any) -> list[float]:
+        return ray.get(self.actors[0].probe_logprobs.remote(probe))
+
+    def save(self, path: str) -> None:
+        ray.get(self.actors[0].save.remote(path))
+
+    def load(self, path: str) -> None:
+        ray.get([a.load.remote(path) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def reduce_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Sum the ranks' token sums, then turn them into per-token means."""
+    tot = {k: sum(r[k] for r in per_rank) for k in per_rank[0]}
+    n = max(1.0, tot["tokens"])
+    return {
+        "loss": tot["loss"],  # each rank's loss is already ÷ global tokens: the sum is the batch loss
+        "tokens": tot["tokens"],
+        "clip_frac_low": tot["clip_low"] / n,
+        "clip_frac_high": tot["clip_high"] / n,
+        "ratio_mean": tot["ratio_sum"] / n,
+        "ratio_max": max(r["ratio_max"] for r in per_rank),
+        "kl": tot["kl"] / n,
+        "entropy": tot["entropy"] / n,
+        "grad_norm": per_rank[0]["grad_norm"],
+        "lr": per_rank[0]["lr"],
+        "engine_logprob_mismatch_max": max(r["engine_mismatch_max"] for r in per_rank),
+        "engine_logprob_mismatch_mean": tot["engine_mismatch_sum"] / max(1.0, tot["engine_mismatch_n"]),
+    }

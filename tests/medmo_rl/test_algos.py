@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from medmo_rl.algos import dapo_policy_loss, group_advantages, kl_penalty, zero_std_groups
+
+
+def test_group_advantages_anchor():
+    a = group_advantages(torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]]))
+    # mean 1/8; unbiased var = (7/8)^2 + 7·(1/8)^2 over 7 = 0.125 → std 0.353553
+    assert a[0, 0].item() == pytest.approx(2.474867, abs=1e-5)
+    assert a[0, 1:].tolist() == pytest.approx([-0.353552] * 7, abs=1e-5)
+
+
+def test_group_advantages_matches_slow_loop_over_seeds():
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        r = torch.rand(4, 6, generator=g, dtype=torch.float64)
+        a = group_advantages(r)
+        for b in range(4):
+            vals = r[b].tolist()
+            mean = sum(vals) / 6
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / 5)
+            for i in range(6):
+                assert a[b, i].item() == pytest.approx((vals[i] - mean) / (std + 1e-6), rel=1e-9)
+
+
+def test_nan_rewards_get_zero_advantage_and_are_excluded():
+    r = torch.tensor([[1.0, float("nan"), 0.0, 0.0]])
+    a = group_advantages(r)
+    # stats over [1, 0, 0]: mean 1/3, unbiased std sqrt(1/3) = 0.57735
+    assert a[0, 1].item() == 0.0
+    assert a[0, 0].item() == pytest.approx((2 / 3) / (math.sqrt(1 / 3) + 1e-6), rel=1e-6)
+    assert torch.equal(group_advantages(torch.tensor([[float("nan"), 1.0]])), torch.zeros(1, 2))
+
+
+def test_zero_std_groups():
+    r = torch.tensor([[0.5, 0.5, 0.5], [0.1, 0.2, 0.1], [float("nan"), 0.3, 0.3], [float("nan"), float("nan"), 1.0]])
+    assert zero_std_groups(r).tolist() == [True, False, True, True]
+    assert torch.equal(group_advantages(r)[0], torch.zeros(3))
+
+
+def test_dapo_loss_hand_values():
+    # one sequence, 3 tokens, A = +1, eps (0.2, 0.28)
+    # ratios exp(log r): 1.0, 1.5, 0.5
+    #   t0: max(-1·1.0, -1·1.0) = -1.0
+    #   t1: max(-1.5, -1·1.28) = -1.28   (clip-high active)
+    #   t2: max(-0.5, -1·0.8)  = -0.5
+    lp = torch.log(torch.tensor([[1.0, 1.5, 0.5]]))
+    old = torch.zeros(1, 3)
+    loss, st = dapo_policy_loss(lp, old, torch.tensor([1.0]), torch.ones(1, 3), eps_low=0.2, eps_high=0.28)
+    assert loss.item() == pytest.approx((-1.0 - 1.28 - 0.5) / 3, rel=1e-6)
+    assert st.clip_high_tokens.item() == 1 and st.clip_low_tokens.item() == 0
+    assert st.ratio_max.item() == pytest.approx(1.5) and st.ratio_sum.item() == pytest.approx(3.0)
+    # A = −1: t1 max(1.5, 1.28) = 1.5; t2 max(0.5, 0.8) = 0.8 (clip-low active)
+    loss, st = dapo_policy_loss(lp, old, torch.tensor([-1.0]), torch.ones(1, 3), eps_low=0.2, eps_high=0.28)
+    assert loss.item() == pytest.approx((1.0 + 1.5 + 0.8) / 3, rel=1e-6)
+    assert st.clip_low_tokens.item() == 1 and st.clip_high_tokens.item() == 0
+
+
+def test_dapo_mask_and_token_advantages():
+    lp = torch.tensor([[0.0, 0.0, 5.0]])
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[2.0, -1.0, 100.0]])  # the masked token's huge values must not leak in
+    loss, st = dapo_policy_loss(lp, old, adv, torch.tensor([[1, 1, 0]]), eps_low=0.2, eps_high=0.2)
+    assert loss.item() == pytest.approx((-2.0 + 1.0) / 2)
+    assert st.tokens.item() == 2 and st.ratio_max.item() == pytest.approx(1.0)
+
+
+def test_gradient_matches_clip_rule():
+    # inside the clip range the gradient of −A·r w.r.t. logp is −A·r; outside (clip active) it is 0
+    lp = torch.log(torch.tensor([[1.0, 1.5]])).requires_grad_(True)
+    loss, _ = dapo_policy_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2), eps_low=0.2, eps_high=0.28)
+    loss.backward()
+    assert lp.grad.tolist()[0] == pytest.approx([-1.0 / 2, 0.0])
+
+
+def test_global_token_normalisation_two_ranks_two_microbatches_equals_one_batch():
+    g = torch.Generator().manual_seed(0)
+    B, T = 8, 5
+    lp = torch.randn(B, T, generator=g) * 0.1 - 1
+    old = lp + torch.randn(B, T, generator=g) * 0.2
+    adv = torch.randn(B, generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).float()
+    mask[:, 0] = 1
+    full, _ = dapo_policy_loss(lp, old, adv, mask, eps_low=0.15, eps_high=0.25)
+    n_global = mask.sum()
+    parts = []
+    for rank in range(2):
+        for micro in range(2):
+            sl = slice(rank * 4 + micro * 2, rank * 4 + micro * 2 + 2)
+            loss, _ = dapo_policy_loss(lp[sl], old[sl], adv[sl], mask[sl], eps_low=0.15, eps_high=0.25, num_tokens=n_global)
+            parts.append(loss)
+    # DDP averages gradients over 2 ranks, so each rank scales its sum by world size; the sum is the same loss
+    assert sum(parts).item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_kl_estimators():
+    lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    assert kl_penalty(lp, ref, "k1").tolist() == pytest.approx([0.5, 0.0])
+    # k3 with d = ref − lp = −0.5: e^−0.5 + 0.5 − 1 = 0.106531
+    assert kl_penalty(lp, ref, "k3").tolist() == pytest.approx([math.exp(-0.5) - 0.5, 0.0], abs=1e-6)
+    loss0, _ = dapo_policy_loss(lp[None], lp[None], torch.tensor([0.0]), torch.ones(1, 2), eps_low=0.2, eps_high=0.2,
+                                ref_logprobs=ref[None], kl_type="k1", kl_coef=0.1)
+    assert loss0.item() == pytest.approx(0.1 * 0.5 / 2)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        dapo_policy_loss(lp[None], lp[None], torch.tensor([0.0]), torch.ones(1, 2), eps_low=0.2, eps_high=0.2,
+                         kl_type="k3", kl_coef=0.1)
