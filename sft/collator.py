@@ -112,7 +112,7 @@ class SFTCollator:
             except FileNotFoundError as exc:
                 self._skip(sample.id, "missing_image", str(exc))
                 return None
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
                 self._skip(sample.id, "corrupt_image", f"{path}: {exc}")
                 return None
         try:
@@ -151,6 +151,8 @@ class SFTCollator:
     # -- a batch ----------------------------------------------------------------------------
     def collate(self, examples: Sequence[Encoded]) -> SFTBatch:
         rows = list(examples)
+        if not rows and not self.ensure_image:
+            raise ValueError("nothing to collate: every example was skipped")
         if self.ensure_image and not any(e.pixel_values is not None for e in rows):
             rows.append(self._blank_image_row())
         width = max(len(e.input_ids) for e in rows)

@@ -22,7 +22,11 @@ from pathlib import Path
 from typing import Iterator
 
 from medmo_rl.converters.common import (
-    ConversionReport, box_problem, collect, grounding_answer, read_image_size,
+    ConversionReport,
+    box_problem,
+    collect,
+    grounding_answer,
+    read_image_size,
 )
 from medmo_rl.schema import Sample
 

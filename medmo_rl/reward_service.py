@@ -1,0 +1,88 @@
+"""Where the RL stage gets its reward service from (config `reward.service`):
+
+  uvicorn  a `python -m rewards.serve` child process on a free loopback port (default; cheapest)
+  serve    Ray Serve replicas of the same app inside the running Ray cluster (`reward.replicas`)
+  url      an already running service at `reward.url`
+
+Either way the learner side talks plain HTTP through `rewards.client.RewardClient`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from medmo_rl.config import RunConfig, dump_yaml
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"reward service exited with code {proc.returncode} before it was healthy:\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"reward service at {url} not healthy after {timeout_s:.0f} s")
+
+
+class RewardService:
+    """Context manager: start (or attach to) the reward service, yield its URL, stop what it started."""
+
+    def __init__(self, cfg: RunConfig, work_dir: Path):
+        self.cfg, self.work_dir = cfg, Path(work_dir)
+        self.url = ""
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "RewardService":
+        rc = self.cfg.reward
+        if rc.service == "url":
+            if not rc.url:
+                raise ValueError("reward.service is 'url' but reward.url is empty")
+            self.url = rc.url.rstrip("/")
+        elif rc.service == "serve":
+            from rewards.serve import deploy_serve
+
+            self.url = deploy_serve(rc, rc.replicas, "127.0.0.1", _free_port(), rc.cpus_per_replica)
+        else:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            cfg_path = self.work_dir / "reward_config.yaml"
+            cfg_path.write_text(dump_yaml(self.cfg))
+            port = _free_port()
+            log = self.work_dir / "reward_service.log"
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(cfg_path)],
+                stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=dict(os.environ),
+            )
+            self.url = f"http://127.0.0.1:{port}"
+            wait_healthy(self.url, 60, self._proc, log)
+            return self
+        wait_healthy(self.url, 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        if self.cfg.reward.service == "serve":
+            from ray import serve
+
+            serve.shutdown()
