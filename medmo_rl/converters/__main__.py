@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=sorted(CONVERTERS))
     parser.add_argument("--src", required=True, help="folder of the dataset in its original format")
     parser.add_argument("--out", required=True, help="output folder (samples.jsonl, hf/, report.json)")
-    parser.add_argument("--split", help="bccd: all|train|val|test|trainval; pubmedqa: test|train|all; vqa_rad: test|train")
+    parser.add_argument("--split", help="bccd: all|train|val|test|trainval; pubmedqa: test|train|all; "
+                                          "vqa_rad: test|train")
     parser.add_argument("--images-dir", dest="images_dir", help="nih_cxr14, iu_xray: folder of the images")
     parser.add_argument("--mode", help="iu_xray: report|text")
     parser.add_argument("--filename", help="medqa: the JSONL file inside --src")
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()  # ours below is the one that counts samples
     report = ConversionReport()
     stream = tqdm(module.iter_samples(args.src, report, **options), desc=args.name, unit=" samples", file=sys.stderr)
-    written = write_dataset(stream, args.out)
+    try:
+        written = write_dataset(stream, args.out)
+    except ValueError as exc:  # a bad option value (--split, --mode), raised on the first sample
+        parser.error(str(exc))
     write_report(report, Path(args.out) / "report.json")
     print(f"{args.name}: wrote {written['n']} samples to {written['jsonl']} and {written['hf']}")
     print(report.summary(max_rejects=args.show_rejects))

@@ -61,7 +61,8 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def collect(iter_samples: Callable[..., Iterator[Sample]], src_dir: str | os.PathLike, **options: Any) -> ConversionReport:
+def collect(iter_samples: Callable[..., Iterator[Sample]], src_dir: str | os.PathLike,
+            **options: Any) -> ConversionReport:
     report = ConversionReport()
     report.samples.extend(iter_samples(src_dir, report, **options))
     return report

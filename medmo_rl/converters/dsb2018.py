@@ -89,7 +89,8 @@ def _convert_one(image_dir: Path, report: ConversionReport) -> Sample | None:
             report.reject(where, "non_binary_mask", why)
             continue
         if (mask.shape[1], mask.shape[0]) != size:
-            report.reject(where, "mask_size_mismatch", f"mask {mask.shape[1]}x{mask.shape[0]}, image {size[0]}x{size[1]}")
+            report.reject(where, "mask_size_mismatch",
+                          f"mask {mask.shape[1]}x{mask.shape[0]}, image {size[0]}x{size[1]}")
             continue
         box = mask_box(mask)
         if box is None:

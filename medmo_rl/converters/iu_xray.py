@@ -53,7 +53,8 @@ def _iter_xml(src: Path, report: ConversionReport) -> Iterator[tuple[str, IO[byt
                         if f is not None:
                             yield member.name, io.BytesIO(f.read())  # a truncated member fails here
         except (tarfile.TarError, EOFError, OSError) as exc:
-            report.reject(archive.name, "unreadable_archive", f"stopped after {report.counts['reports']} reports: {exc}")
+            report.reject(archive.name, "unreadable_archive",
+                          f"stopped after {report.counts['reports']} reports: {exc}")
         return
     folder = src / "ecgen-radiology" if (src / "ecgen-radiology").is_dir() else src
     files = sorted(folder.glob("*.xml"), key=lambda p: (len(p.stem), p.stem))

@@ -40,10 +40,10 @@ def iter_samples(src_dir: str | os.PathLike, report: ConversionReport, *, split:
     sizes: dict[str, tuple] = {}  # image name -> read_image_size(...)
     for n, item in enumerate(items):
         where = f"{qa_file.name}#{n}"
+        report.counts["qa"] += 1
         if not isinstance(item, dict):
             report.reject(where, "invalid_record", "not a JSON object")
             continue
-        report.counts["qa"] += 1
         answer_type = str(item.get("answer_type", "")).strip().lower()
         if answer_type not in ("closed", "open"):
             report.reject(where, "invalid_record", f"answer_type {item.get('answer_type')!r}")

@@ -151,7 +151,8 @@ def test_map50_matches_pycocotools(seed):
         pred_labels.append(plabs)
         pred_scores.append([round(float(s), 1) for s in rng.uniform(0, 1, len(preds))])  # ties on purpose
     ours = M.map50(pred_boxes, pred_labels, gt_boxes, gt_labels, pred_scores)
-    assert ours == pytest.approx(_coco_map50(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, cats), abs=1e-12)
+    reference = _coco_map50(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, cats)
+    assert ours == pytest.approx(reference, abs=1e-12)
     assert ours > 0.1  # the test data must exercise real matches
 
 
@@ -197,7 +198,8 @@ def test_cider_d_hand_computed():
 
 def _random_corpus(seed):
     rng = random.Random(seed)
-    vocab = "the heart is normal size lungs are clear no effusion pneumothorax mild cardiomegaly left lower lobe".split()
+    vocab = ("the heart is normal size lungs are clear no effusion pneumothorax mild cardiomegaly "
+             "left lower lobe").split()
 
     def sentence():
         return " ".join(rng.choice(vocab) for _ in range(rng.randint(3, 14)))

@@ -12,7 +12,8 @@ def test_real_nuclei_counts_match_source(shared_data):
     report = dsb2018.convert(src)
     assert report.rejected == []
     assert (report.counts["images"], report.counts["masks"], report.counts["boxes"]) == (18, 586, 586)
-    expected = {e["image_id"]: (e["n_masks"], tuple(e["size_wh"])) for e in json.loads((src / "SELECTED_IDS.json").read_text())}
+    selected = json.loads((src / "SELECTED_IDS.json").read_text())
+    expected = {e["image_id"]: (e["n_masks"], tuple(e["size_wh"])) for e in selected}
     got = {s.id.removeprefix("dsb2018-"): (len(s.boxes), s.image_size) for s in report.samples}
     assert got == expected
     for s in report.samples:

@@ -36,7 +36,8 @@ def test_real_reports_only_copy(shared_data):
 def test_report_samples_from_xml_folder_with_images(tmp_path):
     folder = tmp_path / "ecgen-radiology"
     folder.mkdir()
-    (folder / "1.xml").write_text(_report_xml("CXR1", "Heart  normal.\n  Lungs clear.", "Normal.", ["CXR1_a", "CXR1_b"]))
+    (folder / "1.xml").write_text(
+        _report_xml("CXR1", "Heart  normal.\n  Lungs clear.", "Normal.", ["CXR1_a", "CXR1_b"]))
     (folder / "2.xml").write_text(_report_xml("CXR2", "Effusion.", "", ["CXR2_a"]))
     (folder / "3.xml").write_text(_report_xml("CXR3", "Cut", "off", ["CXR3_a"])[:90])  # truncated
     (folder / "4.xml").write_text(_report_xml("CXR4", None, "Only impression.", ["CXR4_a"]))
