@@ -11,7 +11,8 @@ Rules, first that applies, each giving 1.0 or 0.0 unless said otherwise:
 2. MCQ (reference has choices): the gold option is the choice equal to the reference answer,
    else the letter the reference answer gives ("B", "(B)", "B. ..."). The predicted option is a
    leading letter ("C", "(C) ...", "C. ...", "Answer: C"), else the choice the answer equals,
-   else the longest choice found as whole words in the answer (ties: none). 1.0 when they agree.
+   else the one choice named as whole words in the answer, a choice inside another named one not
+   counting ("no pneumonia" names that, not "pneumonia"; two named → none). 1.0 when they agree.
    When the gold option cannot be identified the rule falls through to 4.
 3. closed (reference answer normalizes to yes / no / maybe): the answer's first word must be it.
 4. open: the normalized answer equals the normalized reference answer.
@@ -65,12 +66,10 @@ def _choice_index(text: str, choices: tuple[str, ...], *, search: bool) -> int |
         return options.index(norm)
     if not search:
         return None
-    found = [i for i, o in enumerate(options) if _contains_words(norm, o)]
-    if not found:
-        return None
-    longest = max(len(options[i]) for i in found)
-    best = [i for i in found if len(options[i]) == longest]
-    return best[0] if len(best) == 1 else None
+    found = {options[i] for i, o in enumerate(options) if _contains_words(norm, o)}
+    # "no pneumonia" also names "pneumonia": an option inside another named one does not count
+    named = [o for o in found if not any(o != other and _contains_words(other, o) for other in found)]
+    return options.index(named[0]) if len(named) == 1 else None
 
 
 def _grounding_accuracy(parsed: ParsedCompletion, ref: Sample) -> float:

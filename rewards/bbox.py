@@ -102,9 +102,9 @@ def _sizes(image_sizes: Sequence[Any] | None, B: int) -> tuple[np.ndarray, np.nd
     """→ (W, H) rows [B, 2] and whether each was given [B]; an unusable size counts as not given."""
     if image_sizes is None:
         return np.zeros((B, 2)), np.zeros(B, dtype=bool)
-    try:  # fast path: every size given as two numbers
+    try:  # fast path: every size given as two numbers (NaN: maybe a None numpy let through)
         wh = np.array(image_sizes, dtype=np.float64)
-        if wh.shape == (B, 2):
+        if wh.shape == (B, 2) and not np.isnan(wh).any():
             return wh, np.ones(B, dtype=bool)
     except (ValueError, TypeError, OverflowError):
         pass

@@ -1,0 +1,266 @@
+"""Stage 4: the RL loop — GRPO with DAPO's clip-higher token-level loss (paper Sec. 3.5, App. B.4).
+
+One step, top to bottom (each phase one function below):
+
+    collect    prompts ─▶ rollout pool (G completions each, vLLM actors)
+               ─▶ reward service over HTTP ─▶ group advantages ─▶ drop zero-std groups,
+               refill from further prompts (dynamic sampling, ≤ rl.max_extra_rounds rounds)
+    learn      learner group (DDP ranks): old log-probs, DAPO update(s)
+    sync       new weights ─▶ every rollout actor (versioned, verified by a log-prob probe)
+    log        metrics JSONL + TensorBoard
+    checkpoint every rl.checkpoint_every steps, atomically (write, then rename)
+
+Files to follow one step from the YAML to the loss: configs/tiny.yaml → medmo_rl/config.py (RLConfig)
+→ this file → medmo_rl/learner_group.py → medmo_rl/learner.py → medmo_rl/algos.py (dapo_policy_loss).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medmo_rl.algos import group_advantages, zero_std_groups
+from medmo_rl.config import RunConfig
+from medmo_rl.records import Group, SamplingSpec, TrainItem
+from medmo_rl.sampler import PromptSampler, SamplerState
+from medmo_rl.schema import Sample
+
+PARTS = ("accuracy", "bbox", "tag_count", "overlong")
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    group: Group
+    rewards: tuple[float, ...]  # [G] totals; NaN where scoring failed
+    parts: tuple[dict[str, float], ...]  # [G] reward parts
+
+
+@dataclass
+class StepBatch:
+    """What one step trains on, plus what it cost to get it."""
+
+    groups: list[ScoredGroup] = field(default_factory=list)
+    drawn_ids: list[str] = field(default_factory=list)  # every prompt drawn this step, in order
+    generated_groups: int = 0
+    zero_std_groups: int = 0
+    failed_requests: int = 0
+    failed_scores: int = 0
+    scored: int = 0
+    completion_tokens: int = 0
+    t_rollout: float = 0.0
+    t_reward: float = 0.0
+    all_rewards: list[float] = field(default_factory=list)  # every finite total, kept or not
+    all_parts: list[dict[str, float]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    truncated: int = 0
+
+
+@dataclass
+class RLState:
+    step: int = 0
+    version: int = 0  # weight version the rollout actors serve
+    sampler: SamplerState = field(default_factory=SamplerState)
+
+
+# ------------------------------------------------------------------------------------------------
+def prompts_per_step(cfg: RunConfig) -> int:
+    rl = cfg.rl
+    if rl.prompts_per_step:
+        return rl.prompts_per_step
+    completions = rl.batch_size * rl.grad_accum * rl.mini_batches * rl.num_learners
+    return max(1, completions // rl.num_generations)
+
+
+def total_steps(cfg: RunConfig, num_prompts: int) -> int:
+    if cfg.rl.max_steps:
+        return cfg.rl.max_steps
+    return max(1, math.ceil(cfg.rl.epochs * num_prompts / prompts_per_step(cfg)))
+
+
+def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) -> StepBatch:
+    """Rollout + score + dynamic-sampling filter until `prompts_per_step` groups carry signal."""
+    from rewards.client import ScoreItem
+
+    rl, want = cfg.rl, prompts_per_step(cfg)
+    sampling = SamplingSpec(n=rl.num_generations, max_tokens=rl.max_completion_tokens,
+                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+    out = StepBatch()
+    for round_ in range(1 + (rl.max_extra_rounds if rl.dynamic_sampling else 0)):
+        need = want - len(out.groups)
+        if need <= 0:
+            break
+        samples = sampler.take(need)
+        out.drawn_ids += [s.id for s in samples]
+        t0 = time.perf_counter()
+        groups = pool.generate(samples, sampling, rl.answer_format)
+        out.t_rollout += time.perf_counter() - t0
+        ok = [g for g in groups if g.error is None and g.completions]
+        out.failed_requests += len(groups) - len(ok)
+        items = [ScoreItem(c.text, len(c.token_ids), g.sample) for g in ok for c in g.completions]
+        t0 = time.perf_counter()
+        results = client.score(items) if items else []
+        out.t_reward += time.perf_counter() - t0
+        out.scored += len(results)
+        out.failed_scores += sum(r.error is not None for r in results)
+        k = 0
+        scored = []
+        for g in ok:
+            rs = results[k : k + len(g.completions)]
+            k += len(g.completions)
+            scored.append(ScoredGroup(g, tuple(r.total for r in rs), tuple(r.parts for r in rs)))
+            for c, r in zip(g.completions, rs):
+                out.lengths.append(len(c.token_ids))
+                out.truncated += c.finish_reason == "length"
+                out.completion_tokens += len(c.token_ids)
+                if r.error is None:
+                    out.all_rewards.append(r.total)
+                    out.all_parts.append(r.parts)
+        out.generated_groups += len(scored)
+        if out.scored and out.failed_scores / out.scored > cfg.reward.max_failed_fraction:
+            raise RuntimeError(
+                f"{out.failed_scores}/{out.scored} completions could not be scored (reward.max_failed_fraction="
+                f"{cfg.reward.max_failed_fraction}); is the reward service at {getattr(client, 'url', '?')} up?")
+        if not scored:
+            continue
+        flat = torch.tensor([list(sg.rewards) for sg in scored], dtype=torch.float64)
+        dead = zero_std_groups(flat).tolist() if rl.dynamic_sampling else [False] * len(scored)
+        out.zero_std_groups += sum(dead)
+        out.groups += [sg for sg, d in zip(scored, dead) if not d][:need]
+    return out
+
+
+def to_train_items(cfg: RunConfig, groups: list[ScoredGroup]) -> list[TrainItem]:
+    """Group-normalised advantages (eq. 5) per completion; NaN rewards → advantage 0."""
+    if not groups:
+        return []
+    adv = group_advantages(torch.tensor([list(sg.rewards) for sg in groups], dtype=torch.float64))
+    items = []
+    for sg, a_row in zip(groups, adv.tolist()):
+        for c, a in zip(sg.group.completions, a_row):
+            truncated = c.finish_reason == "length"
+            items.append(TrainItem(sample=sg.group.sample, prompt_token_ids=sg.group.prompt_token_ids,
+                                   completion_token_ids=c.token_ids, engine_logprobs=c.logprobs, advantage=a,
+                                   loss_mask=not (cfg.rl.mask_truncated and truncated) and len(c.token_ids) > 0))
+    return items
+
+
+def learn_phase(learners, items: list[TrainItem]) -> dict[str, float]:
+    if not items or all(not it.loss_mask for it in items):
+        return {}
+    return learners.train_step(items)
+
+
+def sync_phase(learners, pool, probe, version: int) -> float:
+    """Push the learners' weights to every rollout actor as `version`; the probe verifies them."""
+    t0 = time.perf_counter()
+    weights_ref = learners.weights_ref()
+    expected = learners.probe_logprobs(probe)
+    pool.push_weights(version, weights_ref, expected_probe=expected)
+    return time.perf_counter() - t0
+
+
+def step_metrics(batch: StepBatch, learn: dict[str, float], items: list[TrainItem], t_learn: float,
+                 t_sync: float, t_step: float, version: int, sampler: PromptSampler) -> dict:
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    m = {
+        "reward/total": mean(batch.all_rewards),
+        **{f"reward/{p}": mean([ps[p] for ps in batch.all_parts if p in ps]) for p in PARTS},
+        "reward/total_trained": mean([r for sg in batch.groups for r in sg.rewards if math.isfinite(r)]),
+        "adv/abs_mean": mean([abs(it.advantage) for it in items]),
+        "rollout/response_length": mean(batch.lengths),
+        "rollout/truncation_rate": batch.truncated / max(1, len(batch.lengths)),
+        "filter/zero_std_fraction": batch.zero_std_groups / max(1, batch.generated_groups),
+        "filter/pass_rate": len(batch.groups) / max(1, batch.generated_groups),
+        "filter/groups_trained": len(batch.groups),
+        "errors/failed_requests": batch.failed_requests,
+        "errors/failed_scores": batch.failed_scores,
+        "time/rollout_s": batch.t_rollout,
+        "time/reward_s": batch.t_reward,
+        "time/learn_s": t_learn,
+        "time/sync_s": t_sync,
+        "time/step_s": t_step,
+        "time/sync_share": t_sync / max(1e-9, t_step),
+        "throughput/rollout_tokens_per_s": batch.completion_tokens / max(1e-9, batch.t_rollout),
+        "weight_version": version,
+        "epoch": sampler.epochs_done,
+        "sample_ids": batch.drawn_ids,
+    }
+    m.update({f"learn/{k}": v for k, v in learn.items()})
+    return m
+
+
+def checkpoint_phase(ckpt_root: Path, state: RLState, learners) -> Path:
+    """Atomic: everything goes to a temp folder that is renamed into place, then `latest` is replaced."""
+    final = ckpt_root / f"step_{state.step:06d}"
+    tmp = ckpt_root / f".tmp_step_{state.step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    learners.save(str(tmp / "learner"))
+    (tmp / "state.json").write_text(json.dumps({"step": state.step, "version": state.version,
+                                                "sampler": {"epoch": state.sampler.epoch, "index": state.sampler.index}}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = ckpt_root / ".latest.tmp"
+    latest_tmp.write_text(final.name)
+    os.replace(latest_tmp, ckpt_root / "latest")
+    return final
+
+
+def load_checkpoint(ckpt_root: Path) -> tuple[RLState, Path] | None:
+    latest = ckpt_root / "latest"
+    if not latest.exists():
+        return None
+    path = ckpt_root / latest.read_text().strip()
+    d = json.loads((path / "state.json").read_text())
+    return RLState(d["step"], d["version"], SamplerState(**d["sampler"])), path
+
+
+# ------------------------------------------------------------------------------------------------
+def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list[Sample], *, pool, learners,
+             client, probe, metrics, progress: bool = True) -> RLState:
+    """The loop. `pool`, `learners`, `client` are live (see medmo_rl/pipeline.py for the wiring)."""
+    ckpt_root = rl_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    state = RLState()
+    resumed = load_checkpoint(ckpt_root)
+    if resumed is not None:
+        state, path = resumed
+        learners.load(str(path / "learner"))
+        sync_phase(learners, pool, probe, state.version)  # actors start from policy_dir: bring them up to date
+        metrics.truncate_after(state.step)
+    sampler = PromptSampler(train_samples, cfg.seed, state.sampler)
+    n_steps = total_steps(cfg, len(train_samples))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n_steps, initial=state.step, desc="RL (stage 4)", unit="step")
+    while state.step < n_steps:
+        t_step = time.perf_counter()
+        batch = collect_phase(cfg, sampler, pool, client)
+        items = to_train_items(cfg, batch.groups)
+        t0 = time.perf_counter()
+        learn = learn_phase(learners, items)
+        t_learn = time.perf_counter() - t0
+        t_sync = 0.0
+        if learn:
+            state.version += 1
+            t_sync = sync_phase(learners, pool, probe, state.version)
+        state.step += 1
+        state.sampler = sampler.state
+        m = step_metrics(batch, learn, items, t_learn, t_sync, time.perf_counter() - t_step, state.version, sampler)
+        metrics.write(state.step, m)
+        if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps:
+            checkpoint_phase(ckpt_root, state, learners)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['reward/total']:.3f}", bbox=f"{m['reward/bbox']:.3f}",
+                            kept=f"{len(batch.groups)}")
+    if bar is not None:
+        bar.close()
+    return state

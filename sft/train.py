@@ -1,0 +1,287 @@
+"""One SFT stage as the body of a Ray Train `TorchTrainer` worker (paper Sec. 3.1–3.4, App. B.1–B.3).
+
+Each worker: loads the model the stage starts from (the previous stage's `final/`, or the latest
+checkpoint of this stage when Ray Train hands one back), reads the stage's mixture as a
+deterministic stream (sft/mixture.py), takes its share of every global micro-batch, and trains
+with AdamW (decay on matrices only), linear warm-up + cosine, gradient accumulation and clipping.
+DDP on CPU (gloo); FSDP2 (`fully_shard` per vision block and decoder layer, bf16 params with fp32
+reduction) on GPUs; optional gradient checkpointing. A step's loss is the mean over all answer
+tokens of the step, across micro-batches and workers (the token count is all-reduced first).
+Rank 0 logs loss, mean token accuracy and entropy (the curves of App. B) to metrics.jsonl and
+TensorBoard, and shows a tqdm bar. Every `save_every_steps` and at the end, a checkpoint
+(HF folder + optimizer/scheduler/step/data position, sft/checkpoint.py) goes through
+`ray.train.report`; Ray Train keeps it under the stage folder and hands the latest back to a
+restarted run (same storage_path and name), which continues at the next step and data position.
+
+Why a plain torch loop and not TRL's SFTTrainer: the loop needs our collator (image-expanded
+prompts, answer-only labels, skip accounting), a mixture stream whose position is part of the
+checkpoint, Ray Train's checkpoint reporting and restoration, and FSDP2 — SFTTrainer would bring
+its own accelerate launcher, data pipeline, loss normalisation and checkpoint layout, each to be
+overridden inside a Ray worker. The loop below is shorter than those overrides and shows every
+step; metric names follow TRL's (loss, mean_token_accuracy, entropy).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from medmo_rl.config import SFTStageConfig
+from medmo_rl.schema import Sample, load_samples
+from sft.checkpoint import load_train_state, restore_optimizer, save_checkpoint
+from sft.collator import SKIP_REASONS, SFTBatch, SFTCollator
+from sft.loss import IGNORE, sft_token_loss, warmup_cosine
+from sft.mixture import MixtureStream, steps_for_epochs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything a worker needs to run one stage (sent to every worker through train_loop_config)."""
+
+    stage: str  # "stage1" | "stage2" | "stage3"
+    cfg: SFTStageConfig
+    init_dir: str  # HF folder the stage starts from
+    stage_dir: str  # where metrics, checkpoints (via Ray) and final/ live
+    datasets: tuple[tuple[str, str], ...]  # (mixture name, JSONL path), in mixture order
+    weights: tuple[float, ...]  # one per dataset
+    seed: int
+    use_gpu: bool
+    threads_per_worker: int
+    crash_at_step: int = 0  # > 0: rank 0 raises after this optimizer step (fault injection for tests)
+
+
+# ---------------------------------------------------------------------------------------------
+def _load_mixture(job: StageJob, rank: int) -> list[list[Sample]]:
+    parts, report = [], {}
+    for name, path in job.datasets:
+        loaded = load_samples(path)
+        parts.append(loaded.samples)
+        report[name] = {"path": path, "records": len(loaded.samples), "rejected": len(loaded.rejected),
+                        "rejected_ids": loaded.rejected[:100]}
+        if loaded.rejected and rank == 0:
+            log.warning("%s: %s: %s", job.stage, name, loaded.summary())
+    if rank == 0:
+        (Path(job.stage_dir) / "data_report.json").write_text(json.dumps(report, indent=1))
+    return parts
+
+
+def _build_model(src_dir: str, job: StageJob, device: torch.device) -> torch.nn.Module:
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(src_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    if job.cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model.to(device)
+    if job.use_gpu:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if job.cfg.bf16 else torch.float32,
+                                  reduce_dtype=torch.float32)
+        model.to(device)
+        for block in (*model.model.visual.blocks, *model.model.language_model.layers):
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def _optimizer(model: torch.nn.Module, cfg: SFTStageConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # norms, biases
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+
+def _grad_sync(model: torch.nn.Module, sync: bool):
+    """Context in which backward all-reduces gradients only when `sync` (the step's last micro-batch)."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _forward_loss(model: torch.nn.Module, batch: SFTBatch, denom: float, device: torch.device,
+                  autocast: bool):
+    """Logits only from the first answer position on (prompts with images can be long), shifted."""
+    width = batch.input_ids.shape[1]
+    has_label = (batch.labels != IGNORE).any(0).nonzero()
+    start = int(has_label[0]) if len(has_label) else width
+    keep = width - start + 1
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**batch.model_inputs(device), logits_to_keep=keep).logits  # [B, keep, V]
+    return sft_token_loss(logits[:, :-1], batch.labels[:, start:].to(device), denom)
+
+
+class _MetricsLog:
+    """Rank 0's metrics.jsonl + TensorBoard; a resumed run drops rows after its checkpoint step."""
+
+    def __init__(self, stage_dir: Path, stage: str, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = stage_dir / "metrics.jsonl"
+        self.stage = stage
+        if self.path.exists():
+            rows = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            self.path.write_text("".join(ln + "\n" for ln in rows if json.loads(ln)["step"] <= start_step))
+        self.tb = SummaryWriter(str(stage_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"stage": self.stage, **row}) + "\n")
+        for k, v in row.items():
+            if k != "step":
+                self.tb.add_scalar(f"sft/{k}", v, row["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+def train_stage_worker(config: dict[str, Any]) -> None:
+    """Ray Train `train_loop_per_worker`: config = {"job": StageJob}."""
+    import ray.train
+    import ray.train.torch
+    from tqdm import tqdm
+    from transformers import AutoProcessor
+
+    job: StageJob = config["job"]
+    cfg = job.cfg
+    torch.set_num_threads(job.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    stage_dir = Path(job.stage_dir)
+
+    resume = ray.train.get_checkpoint()
+    with resume.as_directory() if resume else contextlib.nullcontext(job.init_dir) as src_dir:
+        state = load_train_state(src_dir) if resume else None
+        model = _build_model(src_dir, job, device)
+        processor = AutoProcessor.from_pretrained(src_dir)
+    optimizer = _optimizer(model, cfg)
+
+    parts = _load_mixture(job, rank)
+    stream = MixtureStream([len(p) for p in parts], job.weights, job.seed)
+    per_step = cfg.batch_size * cfg.grad_accum  # examples per optimizer step, all workers
+    total = cfg.max_steps or steps_for_epochs([len(p) for p in parts], cfg.epochs, per_step)
+    warmup = round(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.lr_scheduler))
+    start_step = 0
+    if state is not None:
+        if state["total_steps"] != total or state["seed"] != job.seed:
+            raise RuntimeError(f"{job.stage}: checkpoint was made for total_steps={state['total_steps']} "
+                               f"seed={state['seed']}, this run has {total}, {job.seed}; use a new run dir")
+        restore_optimizer(model, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        if rank == 0:
+            log.warning("%s: resuming at step %d (data position %d)", job.stage, start_step, state["position"])
+
+    collator = SFTCollator(processor, answer_format=cfg.answer_format, max_pixels=cfg.max_pixels,
+                           max_seq_len=cfg.max_seq_len)
+    metrics = _MetricsLog(stage_dir, job.stage, start_step) if rank == 0 else None
+    bar = tqdm(total=total, initial=start_step, desc=f"SFT {job.stage}", disable=rank != 0,
+               mininterval=10, file=sys.stderr)
+    autocast = cfg.bf16 and not job.use_gpu  # on GPU the FSDP2 policy casts
+    window = [0.0] * 6  # loss_sum, correct, entropy_sum, tokens, examples, steps
+    t_window = time.time()
+    skipped_before = 0
+
+    for step in range(start_step + 1, total + 1):
+        position = (step - 1) * per_step
+        picks = stream.take(position, position + per_step)
+        batches = []
+        for m in range(cfg.grad_accum):
+            mine = picks[m * cfg.batch_size + rank:(m + 1) * cfg.batch_size:world]
+            batches.append(collator([parts[k][i] for k, i in mine]))
+        step_tokens = _all_sum([sum(b.num_target_tokens for b in batches)], device)[0]
+        denom = max(step_tokens, 1.0) / world  # DDP/FSDP average gradients over ranks
+        for m, batch in enumerate(batches):
+            with _grad_sync(model, sync=m == len(batches) - 1):
+                loss, stats = _forward_loss(model, batch, denom, device, autocast)
+                loss.backward()
+            for j, v in enumerate((stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens)):
+                window[j] += float(v)
+            window[4] += len(batch.sample_ids)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window[5] += 1
+        bar.update(1)
+
+        if step % cfg.log_every_steps == 0 or step == total:
+            skipped = sum(collator.skip_counts.values())
+            s = _all_sum(window[:5] + [skipped - skipped_before], device)
+            skipped_before = skipped
+            dt = time.time() - t_window
+            row = {"step": step, "loss": s[0] / max(s[3], 1), "mean_token_accuracy": s[1] / max(s[3], 1),
+                   "entropy": s[2] / max(s[3], 1), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                   "tokens": s[3], "examples": s[4], "skipped": s[5], "position": step * per_step,
+                   "steps_per_s": window[5] / max(dt, 1e-9)}
+            if metrics:
+                metrics.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mean_token_accuracy']:.3f}")
+            window, t_window = [0.0] * 6, time.time()
+
+        if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
+            _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank, world)
+        if job.crash_at_step and step == job.crash_at_step and rank == 0:
+            raise RuntimeError(f"{job.stage}: injected crash after step {step}")
+
+    bar.close()
+    _write_skips(collator, stage_dir, rank, device)
+    if metrics:
+        metrics.close()
+
+
+def _save_and_report(model, optimizer, scheduler, processor, job: StageJob, step: int, position: int,
+                     total: int, rank: int, world: int) -> None:
+    import ray.train
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"sft-{job.stage}-")) if rank == 0 else None
+    try:
+        save_checkpoint(model, optimizer, scheduler, processor, tmp or ".", is_writer=rank == 0,
+                        distributed=world > 1,
+                        train_state={"step": step, "position": position, "total_steps": total, "seed": job.seed,
+                                     "stage": job.stage})
+        ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if tmp else None
+        ray.train.report({"step": step}, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:06d}")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_skips(collator: SFTCollator, stage_dir: Path, rank: int, device: torch.device) -> None:
+    counts = _all_sum([collator.skip_counts[r] for r in SKIP_REASONS], device)
+    if collator.skipped_ids:
+        (stage_dir / f"skipped_ids.rank{rank}.json").write_text(json.dumps(collator.skipped_ids, indent=1))
+    if rank == 0:
+        (stage_dir / "skipped.json").write_text(json.dumps(dict(zip(SKIP_REASONS, map(int, counts)))))
+
