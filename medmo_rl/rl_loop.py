@@ -8,6 +8,7 @@ One step, top to bottom (each phase one function below):
     learn      learner group (DDP ranks): old log-probs, DAPO update(s)
     sync       new weights ─▶ every rollout actor (versioned, verified by a log-prob probe)
     log        metrics JSONL + TensorBoard
+    scale      resize the rollout pool if the operator asked (python -m medmo_rl.control)
     checkpoint every rl.checkpoint_every steps, atomically (write, then rename)
 
 Files to follow one step from the YAML to the loss: configs/tiny.yaml → medmo_rl/config.py (RLConfig)
@@ -222,8 +223,17 @@ def load_checkpoint(ckpt_root: Path) -> tuple[RLState, Path] | None:
 
 
 # ------------------------------------------------------------------------------------------------
+def scale_phase(pool, desired_rollout_workers) -> None:
+    """Resize the rollout pool when the operator asked for another size (python -m medmo_rl.control)."""
+    if desired_rollout_workers is None:
+        return
+    want = desired_rollout_workers()
+    if want != pool.num_workers:
+        pool.resize(want)
+
+
 def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list[Sample], *, pool, learners,
-             client, probe, metrics, progress: bool = True) -> RLState:
+             client, probe, metrics, progress: bool = True, desired_rollout_workers=None) -> RLState:
     """The loop. `pool`, `learners`, `client` are live (see medmo_rl/pipeline.py for the wiring)."""
     ckpt_root = rl_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -242,6 +252,7 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         bar = tqdm(total=n_steps, initial=state.step, desc="RL (stage 4)", unit="step")
     while state.step < n_steps:
         t_step = time.perf_counter()
+        scale_phase(pool, desired_rollout_workers)
         batch = collect_phase(cfg, sampler, pool, client)
         items = to_train_items(cfg, batch.groups)
         t0 = time.perf_counter()
@@ -254,6 +265,7 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         state.step += 1
         state.sampler = sampler.state
         m = step_metrics(batch, learn, items, t_learn, t_sync, time.perf_counter() - t_step, state.version, sampler)
+        m["rollout/num_workers"] = pool.num_workers
         metrics.write(state.step, m)
         if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps:
             checkpoint_phase(ckpt_root, state, learners)

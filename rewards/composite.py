@@ -89,10 +89,11 @@ def score_items(items: Sequence[ScoreItem], config: RewardConfig) -> list[ScoreR
     for i, item in enumerate(items):
         try:
             parsed = parse_completion(item.completion)
-            parts.append(_other_parts(parsed, item, config))
-            if item.reference.task == "grounding":
-                ref = item.reference
+            p = _other_parts(parsed, item, config)
+            ref = item.reference
+            if ref.task == "grounding":
                 boxes[i] = (_pred_boxes_px(parsed, ref), [list(b) for b in ref.boxes], ref.image_size)
+            parts.append(p)
             errors.append(None)
         except Exception as exc:  # noqa: BLE001 — one bad item must not fail the batch
             parts.append(None)

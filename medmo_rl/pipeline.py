@@ -1,0 +1,221 @@
+"""The driver behind `python -m medmo_rl.run`: wires Ray, the stages and the run directory.
+
+    runs/<name>/
+      config.yaml            the resolved config
+      base/                  the base model (the tiny one is built here)
+      data/                  generated synthetic data
+      sft/stage{1,2,3}/      Ray Train checkpoints, metrics.jsonl, tensorboard/, final/ (HF format)
+      rl/                    metrics.jsonl, tensorboard/, checkpoints/, final/ (HF), reward_curve.png
+      eval/                  results.md / .json per model, overlays/
+      summary.md             stage times, final metrics, where things are
+
+Every stage skips itself when its `final/DONE` exists, and RL resumes from its last checkpoint,
+so rerunning the same command after a crash or a kill continues where the run stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medmo_rl.config import ClusterConfig, RunConfig, dump_yaml
+
+log = logging.getLogger("medmo_rl")
+SFT_STAGES = ("stage1", "stage2", "stage3")
+CONTROL_ACTOR = "medmo-control-{name}"
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    evals: dict[str, dict[str, float]] = field(default_factory=dict)  # model label → metrics
+    notes: list[str] = field(default_factory=list)
+    rl: dict[str, float] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        lines = [f"# Run summary — {self.run_dir}", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in self.stage_seconds.items()]
+        lines += [f"| **total** | {sum(self.stage_seconds.values()):.1f} |", ""]
+        if self.evals:
+            cols = sorted({c for m in self.evals.values() for c in m})
+            lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+            for label, m in self.evals.items():
+                lines.append(f"| {label} | " + " | ".join(f"{m[c]:.3f}" if c in m else "—" for c in cols) + " |")
+            lines.append("")
+        if self.rl:
+            lines += ["RL: " + ", ".join(f"{k} {v:.3f}" for k, v in self.rl.items()), ""]
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def init_ray(cluster: ClusterConfig, temp_dir: Path | None = None) -> str:
+    """Join the cluster this job runs in (`ray job submit` sets RAY_ADDRESS) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return "already initialised"
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only local cluster (ENVIRONMENT.md 7)
+    if cluster.address != "local":
+        try:
+            ray.init(address=cluster.address, log_to_driver=False)
+            return f"joined {cluster.address}"
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if not cluster.allow_local:
+                raise RuntimeError(f"no Ray cluster at {cluster.address!r} and cluster.allow_local is false") from exc
+    kw = {"_temp_dir": str(temp_dir)} if temp_dir else {}
+    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=False, **kw)
+    return f"started a local cluster with {cluster.num_cpus} logical CPUs"
+
+
+class Control:
+    """A named actor the operator talks to while a job runs (python -m medmo_rl.control)."""
+
+    def __init__(self, rollout_workers: int):
+        self.rollout_workers = rollout_workers
+
+    def set_rollout_workers(self, n: int) -> int:
+        if n < 1:
+            raise ValueError("rollout workers must be >= 1")
+        self.rollout_workers = n
+        return n
+
+    def get_rollout_workers(self) -> int:
+        return self.rollout_workers
+
+
+def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Path, summary: RunSummary) -> Path:
+    import ray
+    from transformers import AutoProcessor
+
+    from medmo_rl.datasets import resolve
+    from medmo_rl.learner_group import LearnerGroup
+    from medmo_rl.metrics_log import MetricsWriter, read_metrics
+    from medmo_rl.plots import reward_curve
+    from medmo_rl.reward_service import RewardService
+    from medmo_rl.rl_loop import total_steps, train_rl
+    from medmo_rl.schema import load_samples
+    from rewards.client import RewardClient
+    from rollout.pool import RolloutPool
+    from rollout.probe import make_probe
+
+    final = rl_dir / "final"
+    if (final / "DONE").exists():
+        log.info("stage4: %s exists, skipping", final / "DONE")
+        return final
+    rl_dir.mkdir(parents=True, exist_ok=True)
+    rep = load_samples(resolve(cfg.rl.train_set, cfg.data, data_cache))
+    if rep.rejected:
+        summary.notes.append(f"RL train set: {rep.summary()}")
+        log.warning("RL train set: %s", rep.summary())
+    n_steps = total_steps(cfg, len(rep.samples))
+    probe = make_probe(AutoProcessor.from_pretrained(policy_dir))
+    metrics = MetricsWriter(rl_dir / "metrics.jsonl", rl_dir / "tensorboard")
+    control = ray.remote(num_cpus=0)(Control).options(
+        name=CONTROL_ACTOR.format(name=cfg.name), get_if_exists=True, lifetime="detached"
+    ).remote(cfg.rollout.num_workers)
+    pool = learners = None
+    try:
+        with RewardService(cfg, rl_dir) as svc, RewardClient(
+                svc.url, read_timeout_s=cfg.reward.timeout_s, retries=cfg.reward.retries,
+                max_concurrency=cfg.reward.max_concurrency) as client:
+            learners = LearnerGroup(str(policy_dir), cfg.rl, total_steps=n_steps, max_pixels=cfg.rollout.max_pixels,
+                                    seed=cfg.seed)
+            pool = RolloutPool(str(policy_dir), cfg.rollout, seed=cfg.seed)
+            train_rl(cfg, policy_dir, rl_dir, rep.samples, pool=pool, learners=learners, client=client,
+                     probe=probe, metrics=metrics,
+                     desired_rollout_workers=lambda: ray.get(control.get_rollout_workers.remote()))
+            tmp = rl_dir / ".final_tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            learners.save(str(tmp))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp / "model", final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            (final / "DONE").write_text("ok\n")
+    finally:
+        metrics.close()
+        if pool is not None:
+            pool.shutdown()
+        if learners is not None:
+            learners.shutdown()
+        ray.kill(control)
+    rows = read_metrics(rl_dir / "metrics.jsonl")
+    if rows:
+        steps = [r["step"] for r in rows]
+        reward_curve(steps, [r["reward/total"] or 0.0 for r in rows], rl_dir / "reward_curve.png",
+                     title="DAPO: mean total reward per step", ylabel="mean total reward")
+        reward_curve(steps, [r["reward/bbox"] or 0.0 for r in rows], rl_dir / "bbox_reward_curve.png",
+                     title="DAPO: mean bounding-box reward per step (cf. paper Fig. 16)", ylabel="mean bbox reward")
+        k = max(1, len(rows) // 4)
+        first = [r["reward/bbox"] for r in rows[:k] if r["reward/bbox"] is not None]
+        last = [r["reward/bbox"] for r in rows[-k:] if r["reward/bbox"] is not None]
+        summary.rl = {"bbox_reward_first_quarter": sum(first) / max(1, len(first)),
+                      "bbox_reward_last_quarter": sum(last) / max(1, len(last)),
+                      "sync_share_mean": sum(r["time/sync_share"] for r in rows) / len(rows)}
+    return final
+
+
+def run_eval(cfg: RunConfig, models: dict[str, Path], eval_dir: Path, data_cache: Path, summary: RunSummary) -> None:
+    from medmo_rl.eval import evaluate
+
+    for label, model_dir in models.items():
+        results = evaluate(model_dir, list(cfg.eval.benchmarks), eval_dir / label, limit=cfg.eval.limit,
+                           answer_format=cfg.rl.answer_format, rollout_cfg=cfg.rollout, data_cfg=cfg.data,
+                           cache_dir=data_cache, max_tokens=cfg.rl.max_completion_tokens)
+        summary.evals[label] = {f"{r.name}:{k}": v for r in results for k, v in r.metrics.items()}
+
+
+def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "eval")) -> int:
+    from medmo_rl.tiny_model import resolve_model
+    from sft.stages import run_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    unknown = set(stages) - {*SFT_STAGES, "stage4", "eval"}
+    if unknown:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; allowed: stage1, stage2, stage3, stage4, eval")
+    run_dir = Path(cfg.output_dir).resolve() / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    summary = RunSummary(run_dir)
+    t0 = time.perf_counter()
+    summary.notes.append("Ray: " + init_ray(cfg.cluster))
+    data_cache = run_dir / "data"
+    base = resolve_model(cfg.model.path, run_dir / "base", cfg.model.tiny_seed)
+    summary.stage_seconds["setup"] = time.perf_counter() - t0
+    policy = base
+    models = {"base": base}
+    for i, stage in enumerate(SFT_STAGES):
+        st = getattr(cfg.sft, stage)
+        final = run_dir / "sft" / stage / "final"
+        if not st.enabled:
+            continue
+        if stage not in stages:
+            policy = final if (final / "DONE").exists() else policy
+            continue
+        t = time.perf_counter()
+        policy = run_stage(stage, st, cfg.sft, cfg.data, seed=cfg.seed + i, init_dir=policy,
+                           stage_dir=run_dir / "sft" / stage, data_cache_dir=data_cache)
+        summary.stage_seconds[f"sft {stage}"] = time.perf_counter() - t
+    models["sft"] = policy
+    if cfg.rl.enabled and "stage4" in stages:
+        t = time.perf_counter()
+        policy = run_rl_stage(cfg, Path(policy), run_dir / "rl", data_cache, summary)
+        summary.stage_seconds["rl stage4"] = time.perf_counter() - t
+        models["rl"] = policy
+    if cfg.eval.enabled and "eval" in stages:
+        t = time.perf_counter()
+        run_eval(cfg, {k: Path(v) for k, v in models.items()}, run_dir / "eval", data_cache, summary)
+        summary.stage_seconds["eval"] = time.perf_counter() - t
+    summary.notes.append(f"final model: {policy}")
+    summary.notes.append(f"plots: {run_dir / 'rl' / 'reward_curve.png'}, {run_dir / 'sft'}/*/loss.png")
+    text = summary.markdown()
+    (run_dir / "summary.md").write_text(text)
+    (run_dir / "summary.json").write_text(json.dumps({"stage_seconds": summary.stage_seconds, "evals": summary.evals,
+                                                      "rl": summary.rl, "final_model": str(policy)}, indent=1))
+    print("\n" + text)
+    return 0
