@@ -34,15 +34,15 @@ def test_results_in_order_and_equal_to_in_process_scores(url):
     refs = [GROUNDING, MCQ, VQA_YES]
     completions = ["<answer>nodule <box>[[100, 100, 500, 300]]</box></answer>", "<think>\nx\n</think>\n<answer>\nB\n</answer>",
                    "yes", "no", "<answer>A</answer>", "nodule <box>[[600, 300, 900, 600]]</box>"]
-    items = [item(completions[i % 6], refs[i % 3], num_tokens=i * 7) for i in range(60)]
+    items = [item(completions[i % 6], refs[i % 3], num_tokens=500 + 10 * i) for i in range(60)]
     resp = post(url, {"items": items})
     assert resp.status_code == 200
     results = resp.json()["results"]
     assert len(results) == 60
     for i, r in enumerate(results):
-        want = score(completions[i % 6], refs[i % 3], num_tokens=i * 7, config=CFG)
+        want = score(completions[i % 6], refs[i % 3], num_tokens=500 + 10 * i, config=CFG)
         assert r == {"total": want["total"], "parts": want["parts"], "error": None}
-    assert len({r["total"] for r in results}) > 3  # the order check is not vacuous
+    assert len({r["total"] for r in results}) > 40  # overlong differs per item: the order check bites
 
 
 def test_bad_item_gets_an_error_and_the_rest_are_scored(url):
