@@ -54,9 +54,9 @@ class LearnerGroup:
         per_rank = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
         return reduce_stats(per_rank)
 
-    def weights_ref(self) -> ray.ObjectRef:
-        """The policy weights of rank 0 (all ranks are identical after DDP), in the object store."""
-        return self.actors[0].weights.remote()
+    def weights(self) -> dict:
+        """HF-named CPU tensors of rank 0's policy (all ranks are identical after DDP)."""
+        return ray.get(self.actors[0].weights.remote())
 
     def probe_logprobs(self, probe: Any) -> list[float]:
         return ray.get(self.actors[0].probe_logprobs.remote(probe))

@@ -160,9 +160,9 @@ def learn_phase(learners, items: list[TrainItem]) -> dict[str, float]:
 def sync_phase(learners, pool, probe, version: int) -> float:
     """Push the learners' weights to every rollout actor as `version`; the probe verifies them."""
     t0 = time.perf_counter()
-    weights_ref = learners.weights_ref()
+    weights = learners.weights()
     expected = learners.probe_logprobs(probe)
-    pool.push_weights(version, weights_ref, expected_probe=expected)
+    pool.push_weights(version, weights, expected_probe=expected)
     return time.perf_counter() - t0
 
 

@@ -48,8 +48,9 @@ def test_results_in_order_and_equal_to_in_process_scores(url):
 def test_bad_item_gets_an_error_and_the_rest_are_scored(url):
     items = [item("yes", VQA_YES), item("yes", {"task": "diagnosis", "answer": "yes"}),
              item("yes", {"task": "grounding", "answer": "", "boxes": [[0, 0, 5, 5]], "labels": ["a"]}),
-             item("yes", {"task": "vqa", "answer": "yes", "image_size": [1e999, 3]}), item("no", VQA_YES)]
-    resp = post(url, {"items": items})
+             item("yes", {"task": "vqa", "answer": "yes", "image_size": ["HUGE", 3]}), item("no", VQA_YES)]
+    body = json.dumps({"items": items}).replace('"HUGE"', "1e999")  # valid JSON, parses to inf
+    resp = httpx.post(f"{url}/v1/score", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == 200
     results = resp.json()["results"]
     assert [r["total"] for r in results] == [1.0, None, None, None, 0.0]
