@@ -156,7 +156,7 @@ class RLConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    address: str = "auto"  # "auto": join the cluster the job runs in, else start a local one
+    address: str = "auto"  # "auto": RAY_ADDRESS (set by ray job submit) if set, else a new local cluster; or an address
     num_cpus: int = 8  # logical CPUs of a LOCAL cluster (ENVIRONMENT.md item 13)
     allow_local: bool = True
 

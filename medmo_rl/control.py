@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default="auto", help="Ray cluster address (default: the running one)")
     ap.add_argument("--rollout-workers", type=int, default=None, help="new number of vLLM rollout workers")
     args = ap.parse_args(argv)
-    from medmo_rl.pipeline import CONTROL_ACTOR
+    from medmo_rl.pipeline import CONTROL_ACTOR, RAY_NAMESPACE
 
-    ray.init(address=args.address, log_to_driver=False)
+    ray.init(address=args.address, namespace=RAY_NAMESPACE, log_to_driver=False)
     try:
         actor = ray.get_actor(CONTROL_ACTOR.format(name=args.name))
     except ValueError:

@@ -56,6 +56,13 @@ class Learner:
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device)
         self.model.train()
         self.image_token_id = self.model.config.image_token_id
+        c = self.model.config
+        # A sampled vision token in a completion would make HF splice image features there
+        # ("Image features and image tokens do not match"); vLLM embedded it as text. The rollout
+        # bans them; this keeps the learner safe whatever engine produced the tokens.
+        self.vision_ids = {i for i in (c.image_token_id, getattr(c, "video_token_id", None),
+                                       getattr(c, "vision_start_token_id", None), getattr(c, "vision_end_token_id", None))
+                           if i is not None}
         self.pad_id = self.processor.tokenizer.pad_token_id or 0
         self.ref_model = None
         if rl.kl_type != "none" and rl.kl_coef > 0:
@@ -102,6 +109,8 @@ class Learner:
         comp = torch.zeros((len(items), T), dtype=torch.long)
         mask = torch.zeros((len(items), T), dtype=torch.float32)
         for b, (it, s) in enumerate(zip(items, seqs)):
+            P = len(it.prompt_token_ids)
+            s = s[:P] + [self.pad_id if t in self.vision_ids else t for t in s[P:]]
             ids[b, : len(s)] = torch.tensor(s)
             attn[b, : len(s)] = 1
             n = len(it.completion_token_ids)

@@ -27,6 +27,7 @@ from medmo_rl.config import ClusterConfig, RunConfig, dump_yaml
 log = logging.getLogger("medmo_rl")
 SFT_STAGES = ("stage1", "stage2", "stage3")
 CONTROL_ACTOR = "medmo-control-{name}"
+RAY_NAMESPACE = "medmo"
 
 
 @dataclass
@@ -54,22 +55,26 @@ class RunSummary:
 
 
 def init_ray(cluster: ClusterConfig, temp_dir: Path | None = None) -> str:
-    """Join the cluster this job runs in (`ray job submit` sets RAY_ADDRESS) or start a local one."""
+    """Join the cluster this job runs in, or start a local one.
+
+    RAY_ADDRESS set (as `ray job submit` does) → join it; cluster.address an explicit address →
+    join that; "auto"/"local" otherwise → a fresh local cluster with cluster.num_cpus logical CPUs
+    (never a stale cluster some other process left on this machine).
+    """
     import ray
 
     if ray.is_initialized():
         return "already initialised"
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only local cluster (ENVIRONMENT.md 7)
-    if cluster.address != "local":
-        try:
-            ray.init(address=cluster.address, log_to_driver=False)
-            return f"joined {cluster.address}"
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            if not cluster.allow_local:
-                raise RuntimeError(f"no Ray cluster at {cluster.address!r} and cluster.allow_local is false") from exc
+    address = os.environ.get("RAY_ADDRESS") or (cluster.address if cluster.address not in ("auto", "local") else "")
+    if address:
+        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        return f"joined {address}"
+    if not cluster.allow_local:
+        raise RuntimeError("no Ray cluster to join (RAY_ADDRESS unset) and cluster.allow_local is false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only local cluster (ENVIRONMENT.md 7)
     kw = {"_temp_dir": str(temp_dir)} if temp_dir else {}
-    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=False, **kw)
+    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=False,
+             namespace=RAY_NAMESPACE, **kw)
     return f"started a local cluster with {cluster.num_cpus} logical CPUs"
 
 

@@ -29,9 +29,11 @@ Departures from the paper, all for garbage input (none change a clean sample):
   then R = 0.5 before W, H matter.)
 - Non-finite results (e.g. NaN weights) give 0.0; w_l1 + w_giou ≤ 0 gives s = 0.
 
-`bbox_reward_batch` is the vectorised path (pairwise matrices for a whole batch in one numpy
-pass, one small Hungarian solve per sample); `bbox_reward_reference` is the slow obvious loop
-it is checked against (tests and bench assert identical values). Pure: numpy + scipy, no I/O.
+`bbox_reward_batch` is the vectorised path: the pairwise matrices of a whole batch in one numpy
+pass, and the matching solved per group of samples of one shape by enumerating assignments in
+numpy (≤ 6 boxes a side; scipy's Hungarian solver per sample beyond). `bbox_reward_reference` is
+the slow obvious per-sample loop with scipy's solver; tests and bench assert identical values.
+Pure: numpy + scipy, no I/O.
 """
 from __future__ import annotations
 

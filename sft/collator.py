@@ -103,8 +103,8 @@ class SFTCollator:
             self.skipped_ids[sample_id] = reason
             log.warning("SFT skipped record %r (%s): %s", sample_id, reason, detail)
 
-    def encode(self, sample: Sample) -> Encoded | None:
-        """Tokenise one sample, or count and log why it cannot be used and return None."""
+    def _prepare(self, sample: Sample) -> tuple[str, list[Image.Image], list[int]] | None:
+        """Prompt text, resized images and target ids of one sample, or None (counted) if unusable."""
         images: list[Image.Image] = []
         for path in sample.images:
             try:
@@ -117,27 +117,55 @@ class SFTCollator:
                 return None
         try:
             prompt = render_prompt(self.processor, sample, answer_format=self.answer_format)
-            enc = self.processor(text=[prompt], images=images or None, return_tensors="pt")
             target = self.tokenizer(target_text(sample, self.answer_format), add_special_tokens=False)["input_ids"]
         except Exception as exc:  # noqa: BLE001 — one odd record must not end a multi-hour stage
             self._skip(sample.id, "encode_error", repr(exc))
             return None
-        prompt_ids = enc["input_ids"][0]
-        target_ids = torch.tensor(list(target) + [self.end_id], dtype=prompt_ids.dtype)
-        length = len(prompt_ids) + len(target_ids)
-        if length > self.max_seq_len:
-            self._skip(sample.id, "too_long", f"{length} tokens > max_seq_len {self.max_seq_len}")
-            return None
-        mm = enc.get("mm_token_type_ids")
-        mm = mm[0] if mm is not None else torch.zeros_like(prompt_ids)
-        return Encoded(
-            sample_id=sample.id,
-            input_ids=torch.cat([prompt_ids, target_ids]),
-            labels=torch.cat([torch.full_like(prompt_ids, IGNORE), target_ids]),
-            mm_token_type_ids=torch.cat([mm, torch.zeros_like(target_ids)]),
-            pixel_values=enc.get("pixel_values"),
-            image_grid_thw=enc.get("image_grid_thw"),
-        )
+        return prompt, images, list(target) + [self.end_id]
+
+    def encode_many(self, samples: Sequence[Sample]) -> list[Encoded]:
+        """Tokenise samples (one processor call for all), skipping and counting the unusable ones."""
+        ready = [(s, p) for s in samples if (p := self._prepare(s)) is not None]
+        if not ready:
+            return []
+        try:
+            enc = self.processor(text=[p[0] for _, p in ready], images=[im for _, p in ready for im in p[1]] or None)
+        except Exception:  # noqa: BLE001 — find the culprit one by one
+            if len(ready) == 1:
+                sample = ready[0][0]
+                self._skip(sample.id, "encode_error", "the processor failed on this record")
+                return []
+            return [e for s, _ in ready for e in self.encode_many([s])]
+        grids = enc.get("image_grid_thw")
+        patches = grids.prod(-1).tolist() if grids is not None else []
+        out, image_i, patch_i = [], 0, 0
+        for row, (sample, (_, images, target)) in enumerate(ready):
+            n_img, n_patch = len(images), int(sum(patches[image_i:image_i + len(images)]))
+            pixels = enc["pixel_values"][patch_i:patch_i + n_patch] if n_img else None
+            grid = grids[image_i:image_i + n_img] if n_img else None
+            image_i, patch_i = image_i + n_img, patch_i + n_patch
+            prompt_ids = torch.tensor(enc["input_ids"][row], dtype=torch.long)
+            target_ids = torch.tensor(target, dtype=torch.long)
+            length = len(prompt_ids) + len(target_ids)
+            if length > self.max_seq_len:
+                self._skip(sample.id, "too_long", f"{length} tokens > max_seq_len {self.max_seq_len}")
+                continue
+            mm = enc.get("mm_token_type_ids")
+            mm = torch.tensor(mm[row], dtype=torch.long) if mm is not None else torch.zeros_like(prompt_ids)
+            out.append(Encoded(
+                sample_id=sample.id,
+                input_ids=torch.cat([prompt_ids, target_ids]),
+                labels=torch.cat([torch.full_like(prompt_ids, IGNORE), target_ids]),
+                mm_token_type_ids=torch.cat([mm, torch.zeros_like(target_ids)]),
+                pixel_values=pixels,
+                image_grid_thw=grid,
+            ))
+        return out
+
+    def encode(self, sample: Sample) -> Encoded | None:
+        """One sample, or None when it is unusable (counted in skip_counts, id logged once)."""
+        got = self.encode_many([sample])
+        return got[0] if got else None
 
     def _blank_image_row(self) -> Encoded:
         if self._blank is None:
@@ -176,4 +204,4 @@ class SFTCollator:
         )
 
     def __call__(self, samples: Sequence[Sample]) -> SFTBatch:
-        return self.collate([e for e in (self.encode(s) for s in samples) if e is not None])
+        return self.collate(self.encode_many(samples))

@@ -22,6 +22,12 @@ def url():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def http(url):
+    with httpx.Client(base_url=url, timeout=30, headers={"content-type": "application/json"}) as client:
+        yield client
+
+
 def item(completion, ref, num_tokens=10):
     return {"completion": completion, "num_tokens": num_tokens, "reference": ref.to_json() if hasattr(ref, "to_json") else ref}
 
@@ -150,8 +156,8 @@ payload_like = st.one_of(json_value, st.fixed_dictionaries({"items": st.lists(it
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(payload_like)
-def test_fuzzed_bodies_never_5xx(url, payload):
-    resp = httpx.post(f"{url}/v1/score", content=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+def test_fuzzed_bodies_never_5xx(http, payload):
+    resp = http.post("/v1/score", content=json.dumps(payload).encode())
     assert resp.status_code in (200, 413, 422), resp.text
     if resp.status_code == 200:
         results = resp.json()["results"]
@@ -162,6 +168,6 @@ def test_fuzzed_bodies_never_5xx(url, payload):
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200))
-def test_random_bytes_never_5xx(url, body):
-    resp = httpx.post(f"{url}/v1/score", content=body, headers={"content-type": "application/json"})
+def test_random_bytes_never_5xx(http, body):
+    resp = http.post("/v1/score", content=body)
     assert resp.status_code == 422 or (resp.status_code == 200 and body.strip().startswith(b"{"))

@@ -1,0 +1,72 @@
+"""`python -m rewards.serve` as a real process, and the same app as 2 Ray Serve replicas."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from reward_testlib import GROUNDING, VQA_YES, free_port
+
+from medmo_rl.config import RewardConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {"items": [{"completion": "<think>\nx\n</think>\n<answer>\nyes\n</answer>", "num_tokens": 5, "reference": VQA_YES.to_json()},
+                  {"completion": "<answer>nodule <box>[[100, 100, 500, 300]]</box></answer>", "num_tokens": 5,
+                   "reference": GROUNDING.to_json()}]}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def test_cli_with_recipe_config_and_token(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("reward:\n  w_tag_count: 0.0\n  w_bbox: 2.0\n")
+    port = free_port()
+    env = dict(os.environ, MEDMO_REWARD_TOKEN="tok", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "rewards.serve", "--port", str(port), "--config", str(recipe)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        assert httpx.post(f"{url}/v1/score", json=BODY).status_code == 401
+        resp = httpx.post(f"{url}/v1/score", json=BODY, headers={"Authorization": "Bearer tok"})
+        assert resp.status_code == 200
+        # the recipe's weights: tag_count weighs 0, bbox 2 → VQA: 1·1; grounding: 1·1 + 2·0.5
+        assert [r["total"] for r in resp.json()["results"]] == [1.0, 2.0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_ray_serve_two_replicas(ray_local):
+    from ray import serve
+
+    from rewards.serve import SERVE_APP_NAME, deploy_serve
+
+    try:
+        url = deploy_serve(RewardConfig(), 2, "127.0.0.1", free_port(), 0.25, token="tok")
+        wait_healthy(url)
+        replicas = serve.status().applications[SERVE_APP_NAME].deployments["RewardService"].replica_states
+        assert replicas.get("RUNNING") == 2
+        with httpx.Client(base_url=url, timeout=30, headers={"Authorization": "Bearer tok"}) as client:
+            for _ in range(6):  # spread over both replicas by Serve's router
+                resp = client.post("/v1/score", json=BODY)
+                assert resp.status_code == 200
+                assert [r["total"] for r in resp.json()["results"]] == [2.0, 1.5]
+            assert client.post("/v1/score", json={"items": [{"completion": 1}]}).status_code == 422
+        assert httpx.post(f"{url}/v1/score", json=BODY).status_code == 401
+    finally:
+        serve.shutdown()
