@@ -1,0 +1,135 @@
+"""The whole recipe as one job: `ray job submit -- python -m medmo_rl.run`, then kill -9 mid-RL + resume.
+
+Real everything: a Ray head started with `ray start` (loopback, own temp dir, auth disabled), Ray
+Train SFT stages, vLLM rollout actors, the uvicorn reward service, DDP learners, eval with vLLM.
+The recipe is the tiny default shrunk by overrides so the suite stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = [
+    "data.synthetic_train=24", "data.synthetic_eval=8",
+    "sft.stage1.max_steps=4", "sft.stage2.max_steps=40", "sft.stage3.max_steps=12",
+    "sft.stage1.save_every_steps=4", "sft.stage2.save_every_steps=20", "sft.stage3.save_every_steps=12",
+    "rl.max_steps=4", "rl.checkpoint_every=2", "rl.prompts_per_step=6", "rl.dynamic_sampling=false",
+    "eval.limit=8",
+]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["RAY_AUTH_MODE"] = "disabled"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head(test_root):
+    """`ray start --head --block` in its own process group; stopped by killing that group only
+    (`ray stop` would also kill every other Ray cluster on the machine)."""
+    temp = test_root / "rayhead"
+    temp.mkdir()
+    dash = _free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--num-cpus", "8", "--temp-dir", str(temp), "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(_free_port()),
+           "--dashboard-agent-grpc-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+           "--runtime-env-agent-port", str(_free_port()), "--include-dashboard=true", "--disable-usage-stats"]
+    log = open(temp / "head.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(2)
+        left = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _submit(address: str, args: list[str], timeout_s: int) -> subprocess.CompletedProcess:
+    ray = str(Path(sys.executable).parent / "ray")
+    deadline = time.monotonic() + 90
+    while True:  # the dashboard's job agent needs a few seconds after `ray start`
+        r = subprocess.run([ray, "job", "submit", "--address", address, "--", "python", "-m", "medmo_rl.run", *args],
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
+        if "No available agent" not in r.stdout + r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def submitted_run(ray_head, test_root):
+    out = test_root / "runs"
+    r = _submit(ray_head, [f"output_dir={out}", "name=jobtest", *FAST], timeout_s=900)
+    assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-4000:]
+    return out / "jobtest"
+
+
+def test_ray_job_submit_runs_all_stages(submitted_run):
+    d = submitted_run
+    assert (d / "config.yaml").is_file() and (d / "summary.md").is_file()
+    for st in ("stage1", "stage2", "stage3"):
+        assert (d / "sft" / st / "final" / "DONE").is_file()
+    assert (d / "rl" / "final" / "DONE").is_file() and (d / "rl" / "final" / "model.safetensors").is_file()
+    rows = [json.loads(x) for x in (d / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["weight_version"] == r["step"] for r in rows)  # every step pushed verified weights
+    assert all(len(r["sample_ids"]) == 6 for r in rows)
+    assert (d / "rl" / "reward_curve.png").stat().st_size > 1000
+    summary = json.loads((d / "summary.json").read_text())
+    assert set(summary["evals"]) == {"base", "sft", "rl"}
+    assert "synthetic_eval_grounding:grounding/mean_iou" in summary["evals"]["rl"]
+    assert (d / "eval" / "rl" / "results.md").is_file()
+
+
+def test_kill_mid_rl_then_rerun_resumes_with_identical_sample_ids(submitted_run, test_root):
+    """kill -9 the driver after the step-2 checkpoint; the same command finishes the run, and the
+    prompts it draws are exactly those of the uninterrupted run — across the epoch boundary
+    (≈21 grounding prompts, 6 per step → epoch 1 starts in step 4)."""
+    reference = [json.loads(x) for x in (submitted_run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    out = test_root / "runs"
+    run = out / "resume"
+    shutil.copytree(submitted_run / "sft", run / "sft")  # SFT finished: only RL reruns
+    cmd = [sys.executable, "-m", "medmo_rl.run", "--stages", "stage4", f"output_dir={out}", "name=resume", *FAST]
+    env = _env()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    latest = run / "rl" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 600
+    while not (latest.exists() and latest.read_text().strip() == "step_000002"):
+        assert proc.poll() is None, "run ended before its step-2 checkpoint"
+        assert time.monotonic() < deadline, "no step-2 checkpoint within 10 minutes"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "rl" / "final" / "DONE").exists()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    resumed = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4]
+    assert [x["sample_ids"] for x in resumed] == [x["sample_ids"] for x in reference]
+    assert resumed[-1]["epoch"] > 1.0  # the run crossed an epoch boundary
+    assert (run / "rl" / "final" / "DONE").exists()
