@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -154,11 +153,22 @@ def bench_concurrent(url: str, clients: int, seconds: float, batch: int = 32) ->
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    t_end = time.perf_counter() + seconds
+    window = {}  # start/end of the measured window, set once every client is connected
+
+    def open_window() -> None:
+        window["start"] = time.perf_counter()
+        window["end"] = window["start"] + seconds
+
+    ready = threading.Barrier(clients, action=open_window)
 
     def worker() -> None:
         with httpx.Client(base_url=url, timeout=120, headers={"content-type": "application/json"}) as client:
-            while time.perf_counter() < t_end:
+            try:
+                client.get("/healthz")  # connect before the window opens
+            except httpx.HTTPError:
+                pass  # the scoring loop will count it
+            ready.wait(timeout=120)
+            while time.perf_counter() < window["end"]:
                 t0 = time.perf_counter()
                 try:
                     resp = client.post("/v1/score", content=body)
@@ -171,13 +181,12 @@ def bench_concurrent(url: str, clients: int, seconds: float, batch: int = 32) ->
                     if why:
                         errors.append(why)
 
-    t_start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - window["start"]
     lat = np.array(latencies) * 1e3
     print(f"{len(latencies)} requests, {len(latencies) * batch / wall:,.0f} completions/s, "
           f"latency p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, "

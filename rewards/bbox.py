@@ -274,26 +274,31 @@ def _assignments(p: int, g: int) -> np.ndarray:
 def _match(cost: np.ndarray, pair_start: np.ndarray, nP: np.ndarray, nG: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment per sample → indices of the matched pairs, sorted.
 
-    Samples with at most _ENUM_MAX_N boxes a side (nearly all) are grouped by shape and every
-    injective assignment is enumerated in numpy, the first minimum kept: the optimum scipy's
-    Hungarian solver finds, without a Python call per sample (tests check the values agree).
-    Larger problems: scipy.optimize.linear_sum_assignment per sample.
+    A 1×n or n×1 problem takes the first minimum of its pairs (what scipy returns). Samples with
+    2 to _ENUM_MAX_N boxes a side are grouped by shape and every injective assignment is
+    enumerated in numpy, the first minimum kept: the optimum scipy's Hungarian solver finds,
+    without a Python call per sample (tests check the values agree). Larger problems:
+    scipy.optimize.linear_sum_assignment per sample.
     """
     m = np.minimum(nP, nG)
-    small = (m >= 1) & (np.maximum(nP, nG) <= _ENUM_MAX_N)
-    shape_key = np.where(small, nP * (_ENUM_MAX_N + 1) + nG, -1)
+    n_pairs = nP * nG
     matched = []
+    one = m == 1  # a 1×n or n×1 matching: the first minimum of the sample's pairs
+    if one.any():
+        starts = pair_start[n_pairs > 0]
+        seg_min = np.repeat(np.minimum.reduceat(cost, starts), n_pairs[n_pairs > 0])
+        first = np.minimum.reduceat(np.where(cost == seg_min, np.arange(cost.size), cost.size), starts)
+        matched.append(first[one[n_pairs > 0]])
+    small = (m >= 2) & (np.maximum(nP, nG) <= _ENUM_MAX_N)
+    shape_key = np.where(small, nP * (_ENUM_MAX_N + 1) + nG, -1)
     for key in np.flatnonzero(np.bincount(shape_key[small], minlength=1)):
         p, g = divmod(int(key), _ENUM_MAX_N + 1)
         starts = pair_start[shape_key == key]
-        if p == g == 1:
-            matched.append(starts)
-            continue
         lin = _assignments(p, g)
         blocks = cost[starts[:, None] + np.arange(p * g)]  # [samples, p·g]
         best = blocks[:, lin].sum(axis=2).argmin(axis=1)  # [samples]
         matched.append((starts[:, None] + lin[best]).ravel())
-    for b in np.flatnonzero((m >= 1) & ~small):
+    for b in np.flatnonzero((m >= 2) & ~small):
         o = pair_start[b]
         r, c = linear_sum_assignment(cost[o : o + nP[b] * nG[b]].reshape(nP[b], nG[b]))
         matched.append(o + r * nG[b] + c)

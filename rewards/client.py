@@ -8,10 +8,13 @@ sharing one httpx connection pool). A chunk is retried on connection errors, tim
 5xx, waiting backoff_s·2^attempt between tries; any other 4xx is final. An item that still fails
 — its chunk gave up, or the server could not score it — comes back with total = NaN and the
 reason in `error`, and is counted in `client.failed_items`: never a silent 0 or None.
+token: the bearer token; None → $MEDMO_REWARD_TOKEN when set (the service reads the same variable).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +26,9 @@ from medmo_rl.schema import Sample
 
 from rewards.composite import ScoreItem, ScoreResult
 
-__all__ = ["RewardClient", "ScoreItem", "ScoreResult"]
+__all__ = ["TOKEN_ENV", "RewardClient", "ScoreItem", "ScoreResult"]
+
+TOKEN_ENV = "MEDMO_REWARD_TOKEN"  # the service's bearer token, when it has one
 
 
 def _item_json(item: ScoreItem) -> dict[str, Any]:
@@ -58,6 +63,7 @@ class RewardClient:
     ):
         if max_concurrency < 1 or chunk_size < 1 or retries < 0:
             raise ValueError("max_concurrency and chunk_size must be >= 1, retries >= 0")
+        token = os.environ.get(TOKEN_ENV) if token is None else token
         self.url = url.rstrip("/")
         self.retries, self.backoff_s, self.chunk_size = retries, backoff_s, chunk_size
         self.max_concurrency = max_concurrency
@@ -87,13 +93,16 @@ class RewardClient:
             return False
 
     def _score_chunk(self, chunk: Sequence[ScoreItem]) -> list[ScoreResult]:
-        body = {"items": [_item_json(it) for it in chunk]}
+        try:
+            body = json.dumps({"items": [_item_json(it) for it in chunk]}, allow_nan=False).encode()
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. a NaN or an object in a reference
+            return [ScoreResult(math.nan, {}, f"cannot encode the items as JSON: {exc}") for _ in chunk]
         reason = "not attempted"
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                resp = self._http.post("/v1/score", json=body)
+                resp = self._http.post("/v1/score", content=body, headers={"content-type": "application/json"})
             except httpx.TransportError as exc:  # connect/read/write errors and timeouts: retry
                 reason = f"{type(exc).__name__}: {exc}"
                 continue

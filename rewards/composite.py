@@ -12,7 +12,8 @@ bbox part should average over grounding items only.
 
 Boxes are compared in ONE space, absolute pixels of the original image: the completion's
 Qwen3-VL 0–1000 boxes go through `medmo_rl.boxes.to_pixels` with the reference's image_size
-(the GT is stored in pixels), and bbox_reward gets that image_size as (W, H).
+(the GT is stored in pixels), and bbox_reward gets that image_size as (W, H) — so L1 is
+normalised by the true image diagonal rather than by the GT extents App. A.1 falls back to.
 
 Each completion is parsed once (`parse_completion`) and the parsed form handed to every part.
 `score_items` scores a batch (one vectorised bbox pass); a failure in one item (e.g. a grounding

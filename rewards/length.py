@@ -2,13 +2,14 @@
 
 With L the completion length in tokens, L_max the generation limit and L_cache the soft band:
 
-    R_length(L) = 0                         if L ≤ L_max − L_cache
+    R_length(L) = 0                                 if L ≤ L_max − L_cache
                 = (L_max − L_cache − L) / L_cache   if L_max − L_cache < L ≤ L_max
-                = −1                        if L > L_max
+                = −1                                if L > L_max
 
 so the penalty ramps linearly from 0 to −1 over the last L_cache tokens.
 Garbage never raises: a length that is not a finite number, or negative, scores −1 (it cannot be
-shown to fit); a negative or non-finite L_cache counts as 0 (a hard cut at L_max).
+shown to fit), as does any length against a NaN L_max; a negative or non-finite L_cache counts
+as 0 (a hard cut at L_max).
 """
 from __future__ import annotations
 
@@ -19,10 +20,15 @@ import numbers
 def soft_overlong_punishment(num_tokens: int, max_completion_len: int, cache_len: int) -> float:
     """DAPO's R_length (module docstring); in [−1, 0]."""
     def real(x: object) -> float:
-        return float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else math.nan
+        if not isinstance(x, numbers.Real) or isinstance(x, bool):
+            return math.nan
+        try:
+            return float(x)
+        except OverflowError:  # an int past float range
+            return math.inf if x > 0 else -math.inf
 
     length, l_max, l_cache = real(num_tokens), real(max_completion_len), real(cache_len)
-    if not (math.isfinite(length) and length >= 0 and math.isfinite(l_max)):
+    if not (math.isfinite(length) and length >= 0) or math.isnan(l_max):
         return -1.0
     if not (math.isfinite(l_cache) and l_cache > 0):
         l_cache = 0.0

@@ -17,9 +17,9 @@ import threading
 
 from medmo_rl.config import RewardConfig, load_config
 
+from rewards.client import TOKEN_ENV
 from rewards.service import DEFAULT_MAX_BODY_BYTES, create_app
 
-TOKEN_ENV = "MEDMO_REWARD_TOKEN"
 SERVE_APP_NAME = "medmo-rewards"
 
 
@@ -47,7 +47,8 @@ def deploy_serve(
 
     Needs a running Ray (`ray.init` done by the caller). token: defaults to $MEDMO_REWARD_TOKEN,
     passed to the replicas explicitly (they may run on nodes without that variable).
-    Returns the base URL. Serve's HTTP options are cluster-wide: one host/port per cluster.
+    Returns the base URL. Serve's HTTP options are cluster-wide: when Serve already runs on the
+    cluster it keeps its host/port and these are ignored (shut it down first).
     """
     from ray import serve  # at the edge: plain uvicorn serving needs no Ray
 
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
-    serve.shutdown()
+    # remove only this app: the cluster (and its Serve) may host other work
+    serve.delete(SERVE_APP_NAME)
     ray.shutdown()
 
 

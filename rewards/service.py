@@ -183,7 +183,7 @@ def create_app(
 
     async def read_body(request: Request) -> bytes | JSONResponse:
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_body_bytes):
             return error(413, f"body of {declared} bytes exceeds the limit of {max_body_bytes}")
         kind = request.headers.get("content-type", "application/json").lower()
         if "json" not in kind:

@@ -76,7 +76,8 @@ def test_5xx_is_retried(run_server):
     assert len(calls) == 3 and [r.error for r in results] == [None] * 3
 
 
-def test_4xx_is_final_and_server_item_errors_are_nan(run_server):
+def test_4xx_is_final_and_server_item_errors_are_nan(run_server, monkeypatch):
+    monkeypatch.delenv("MEDMO_REWARD_TOKEN", raising=False)
     server = run_server(create_app(CFG, token="t"))
     with RewardClient(server.url, retries=3, backoff_s=5.0) as client:  # a retry would take ≥ 5 s
         t0 = time.monotonic()
@@ -84,8 +85,19 @@ def test_4xx_is_final_and_server_item_errors_are_nan(run_server):
         assert time.monotonic() - t0 < 4 and client.failed_items == 2
     assert all(math.isnan(r.total) and r.error.startswith("HTTP 401") for r in results)
 
+    monkeypatch.setenv("MEDMO_REWARD_TOKEN", "t")  # the client's default token, like the server's
+    with RewardClient(server.url) as client:
+        assert client.score(items(1))[0].error is None
+
     bad = Sample(id="b", task="grounding", prompt="p", answer="", images=("i.png",), boxes=((1, 1, 2, 2),), labels=("a",))
     with RewardClient(server.url, token="t") as client:  # bad: no image_size → the server rejects the reference
         results = client.score([ScoreItem("yes", 3, VQA_YES), ScoreItem("yes", 3, bad)])
         assert client.failed_items == 1
     assert results[0].total == 1.0 and math.isnan(results[1].total) and "image_size" in results[1].error
+
+
+def test_unencodable_item_is_nan_not_an_exception():
+    with RewardClient(f"http://127.0.0.1:{free_port()}", retries=0) as client:
+        results = client.score([ScoreItem("x", 3, {"task": "vqa", "answer": math.nan})])
+        assert client.failed_items == 1
+    assert math.isnan(results[0].total) and "JSON" in results[0].error

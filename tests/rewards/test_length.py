@@ -22,12 +22,14 @@ def test_zero_cache_is_a_hard_cut():
 
 
 def test_garbage_lengths_score_minus_one():
-    for junk in (math.nan, math.inf, -1, None, "12", True):
+    for junk in (math.nan, math.inf, -1, None, "12", True, 10**400):
         assert soft_overlong_punishment(junk, 2048, 512) == -1.0
+    assert soft_overlong_punishment(10, 10**400, 512) == 0.0  # an absurd limit is still a number
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.integers(-10, 10**6), st.floats()), st.integers(-5, 5000), st.one_of(st.integers(-5, 5000), st.floats()))
+@given(st.one_of(st.integers(-10, 10**6), st.floats(), st.integers()), st.integers(-5, 5000) | st.integers(),
+       st.one_of(st.integers(-5, 5000), st.floats(), st.integers()))
 def test_always_in_range(length, l_max, l_cache):
     v = soft_overlong_punishment(length, l_max, l_cache)
     assert -1.0 <= v <= 0.0
