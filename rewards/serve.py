@@ -62,6 +62,19 @@ def deploy_serve(
     return f"http://{host}:{port}"
 
 
+def build_app(args: dict):
+    """Serve config entry point (`import_path: rewards.serve:build_app`, cluster/serve-rewards.yaml).
+
+    args: {"config": recipe YAML path (optional)}; replicas/CPUs come from the Serve config's
+    `deployments:` section, the token from $MEDMO_REWARD_TOKEN on the replicas' nodes.
+    """
+    from ray import serve
+
+    config = load_config(args["config"]).reward if args.get("config") else RewardConfig()
+    deployment = serve.deployment(serve.ingress()(RewardDeployment), name="RewardService")
+    return deployment.bind(config, os.environ.get(TOKEN_ENV) or None, DEFAULT_MAX_BODY_BYTES)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rewards.serve", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")

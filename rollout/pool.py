@@ -186,7 +186,7 @@ class RolloutPool:
                     self._replace(slot, actor, exc)
                     self._await_start(slot)
                 except WeightSyncError as exc:
-                    errors.append(f"rollout worker {slot.slot_id}: {exc}")
+                    errors.append(f"rollout worker {slot.slot_id}: {getattr(exc, 'cause', None) or exc}")
             if errors:
                 raise WeightSyncError("; ".join(errors))
             return updates

@@ -35,3 +35,19 @@ def pid_gone(pid: int, timeout_s: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def shm_entries() -> set[str]:
+    return {str(p) for p in Path("/dev/shm").iterdir()}
+
+
+def shm_orphans(before: set[str]) -> set[str]:
+    """/dev/shm files created since `before` that no live process holds any more (= leaked)."""
+    new = shm_entries() - before
+    if not new:
+        return set()
+    held = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            held |= shm_held(int(proc.name))
+    return new - held

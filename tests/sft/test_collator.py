@@ -108,3 +108,18 @@ def test_all_skipped_still_gives_a_trainable_batch_with_no_targets(processor, gr
     missing = dataclasses.replace(grounding[0], id="gone", images=(str(tmp_path / "gone.png"),))
     batch = _collator(processor)([missing])
     assert batch.sample_ids == () and batch.num_target_tokens == 0 and batch.pixel_values is not None
+
+
+def test_one_processor_call_splits_images_back_to_their_rows(processor, grounding, tmp_path):
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    Image.open(grounding[1].images[0]).resize((128, 64)).save(wide)
+    samples = [grounding[0], dataclasses.replace(grounding[1], images=(str(wide),), image_size=(128, 64)), grounding[2]]
+    col = _collator(processor, max_pixels=128 * 64)
+    together = col.encode_many(samples)
+    alone = [col.encode(s) for s in samples]
+    assert [e.image_grid_thw.tolist() for e in together] == [[[1, 4, 4]], [[1, 4, 8]], [[1, 4, 4]]]
+    for a, b in zip(together, alone):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.pixel_values, b.pixel_values) and torch.equal(a.mm_token_type_ids, b.mm_token_type_ids)

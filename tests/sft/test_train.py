@@ -62,7 +62,7 @@ def test_stage_learns_and_leaves_an_hf_checkpoint(reference, tiny_model_dir):
     assert all(r["examples"] == 8 and r["skipped"] == 0 for r in rows)
     assert rows[-1]["position"] == STEPS * 8
     assert (final / "DONE").is_file() and not (final / TRAIN_STATE).exists()
-    kept = sorted(p.name for p in stage_dir.glob("checkpoint_*"))
+    kept = sorted(p.name for p in stage_dir.glob("checkpoint_0*"))
     assert kept == ["checkpoint_000008", "checkpoint_000012"]  # num_to_keep=2
     state = load_train_state(stage_dir / "checkpoint_000012")
     assert (state["step"], state["position"], state["total_steps"]) == (STEPS, STEPS * 8, STEPS)
@@ -140,7 +140,7 @@ def test_stages_chain_and_skip_finished_ones(reference, ray_local, tiny_model_di
     assert not (run_dir / "sft" / "stage2").exists()  # disabled
     rows = _metrics(run_dir / "sft" / "stage3")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert sorted(p.name for p in (run_dir / "sft" / "stage3").glob("checkpoint_*")) == ["checkpoint_000003"]
+    assert sorted(p.name for p in (run_dir / "sft" / "stage3").glob("checkpoint_0*")) == ["checkpoint_000003"]
 
     before = (run_dir / "sft" / "stage3" / "metrics.jsonl").stat().st_mtime_ns
     t0 = time.time()
