@@ -277,6 +277,10 @@ def _check_ranges(cfg: Any, prefix: str) -> None:
             raise ConfigError(f"{dotted}: must lie in [0, 1], got {v!r}")
     if isinstance(cfg, RLConfig) and cfg.num_generations < 2:
         raise ConfigError(f"{prefix}.num_generations: GRPO needs at least 2 completions per prompt, got {cfg.num_generations}")
+    if isinstance(cfg, RunConfig) and cfg.reward.max_completion_tokens != cfg.rl.max_completion_tokens:
+        raise ConfigError(
+            f"reward.max_completion_tokens ({cfg.reward.max_completion_tokens}) must equal rl.max_completion_tokens "
+            f"({cfg.rl.max_completion_tokens}): the overlong punishment's L_max is the rollout's length limit")
     if isinstance(cfg, RewardConfig) and cfg.overlong_cache_tokens > cfg.max_completion_tokens:
         raise ConfigError(f"{prefix}.overlong_cache_tokens: must not exceed max_completion_tokens")
 

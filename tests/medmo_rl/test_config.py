@@ -74,3 +74,10 @@ def test_cli_dry_run_prints_plan(capsys):
 def test_cli_bad_override_exits_2(capsys):
     assert run_main(["--dry-run", "rl.bogus=1"]) == 2
     assert "rl.bogus" in capsys.readouterr().err
+
+
+def test_overlong_limit_must_match_rollout_limit():
+    with pytest.raises(ConfigError, match="reward.max_completion_tokens"):
+        load_config(None, ["rl.max_completion_tokens=128"])
+    c = load_config(None, ["rl.max_completion_tokens=128", "reward.max_completion_tokens=128"])
+    assert c.rl.max_completion_tokens == 128
