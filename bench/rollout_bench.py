@@ -1,15 +1,16 @@
 """Benchmark of the rollout path on the same prompts (G completions each, with images).
 
-    python bench/rollout_bench.py [--model DIR] [--prompts 32] [--n 8] [--max-tokens 64] [--rounds 3]
+    python bench/rollout_bench.py [--model DIR] [--prompts 8] [--n 8] [--max-tokens 1024] [--rounds 2] [--threads 1]
 
-Prints, in one run:
-1. RolloutPool (one Ray actor, in-process vLLM, cpus_per_worker = all cores) vs raw
-   `vllm.LLM.generate` in this process on the same prompts and sampling: generated tokens/s,
-   best of --rounds, the two interleaved round by round (goal: pool ≥ 0.9× raw);
-2. vLLM (raw) vs transformers `generate` (same model, prompts, G via num_return_sequences,
-   one padded batch): tokens/s (goal ≥ 3×);
+Prints, in one run (the three generators interleaved round by round, best round each, the same
+thread count each, since the machine is shared and its load drifts):
+1. RolloutPool (one Ray actor, in-process vLLM) vs raw `vllm.LLM.generate` in this process with
+   the same engine settings, prompts and sampling: generated tokens/s (goal: pool ≥ 0.9× raw);
+2. vLLM (raw) vs transformers `generate` (same model and prompts, G via num_return_sequences,
+   one left-padded batch): tokens/s (goal ≥ 3×);
 3. a weight push into the pool (object store, buckets, reload, cache resets) with the probe:
    the learner's probe time, the push's wall time and the actor's load / probe parts.
+Defaults follow the RL stage: G = 8, completions up to 1024 tokens.
 A benchmark, not a test: numbers depend on the machine (and on what else runs on it).
 --model defaults to the offline tiny Qwen3-VL, built into a temporary folder.
 """
@@ -25,18 +26,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# Before vllm/ray/torch load: in-process engines, no auth on the loopback-only local cluster.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="", help="HF checkpoint folder; default: the tiny model")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=1024, help="the RL stage's max completion length")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="compute threads of each of the three (same for all)")
+    ap.add_argument("--max-pixels", type=int, default=64 * 64)
+    return ap.parse_args()
 
 
 def _tokens(groups) -> int:
     return sum(len(c.token_ids) for g in groups for c in g.completions)
 
 
-def bench_hf(model_dir: Path, samples, args) -> float:
-    """transformers generate: tokens/s over one padded batch of all prompts × n samples."""
+def hf_runner(model_dir: Path, samples, args):
+    """transformers generate over one left-padded batch of all prompts × n samples → run() -> (s, tokens)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -48,32 +57,30 @@ def bench_hf(model_dir: Path, samples, args) -> float:
     texts = [prompts.render_prompt(processor, s) for s in samples]
     images = [prompts.load_image(s.images[0], args.max_pixels) for s in samples]
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-    kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_tokens,
-                  num_return_sequences=args.n, pad_token_id=processor.tokenizer.pad_token_id)
-    with torch.no_grad():
-        model.generate(**processor(text=texts[:1], images=images[:1], return_tensors="pt"),
-                       **{**kwargs, "max_new_tokens": 4})  # warm-up
-        t0 = time.perf_counter()
-        out = model.generate(**inputs, **kwargs)
-        dt = time.perf_counter() - t0
-    new = out[:, inputs["input_ids"].shape[1]:]
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    # a sequence's tokens run up to and including its first EOS; the rest is padding
-    n_tokens = 0
-    for row in new.tolist():
-        n_tokens += row.index(eos) + 1 if eos in row else len(row)
-    return n_tokens / dt
+    kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_tokens,
+                  num_return_sequences=args.n, pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=eos)
+
+    def run() -> tuple[float, int]:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model.generate(**inputs, **kwargs)
+            dt = time.perf_counter() - t0
+        # a sequence's tokens run up to and including its first EOS; the rest is padding
+        rows = out[:, inputs["input_ids"].shape[1]:].tolist()
+        return dt, sum(row.index(eos) + 1 if eos in row else len(row) for row in rows)
+
+    return run
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="", help="HF checkpoint folder; default: the tiny model")
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--max-pixels", type=int, default=64 * 64)
-    args = ap.parse_args()
+    args = parse_args()
+    # Before torch/vllm/ray load. OMP_NUM_THREADS: the same thread count for transformers, the raw
+    # engine and the pool's actor (without it an in-process vLLM drops itself to 1 thread).
+    # RAY_worker_niceness=0: Ray starts workers at nice 15, which on a shared machine would hand
+    # the raw engine (this process, nice 0) the CPU and the pool's actor the leftovers.
+    os.environ.update(OMP_NUM_THREADS=str(args.threads), RAY_worker_niceness="0", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                      RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
 
     import ray
     import torch
@@ -89,16 +96,17 @@ def main() -> None:
         model_dir = resolve_model(args.model, tmp / "models")
         data = make_synthetic(tmp / "data", max(8, args.prompts // 3 + 1), seed=0, size=64)
         samples = [s for s in load_samples(data["all"]).samples if s.images][: args.prompts]
-        cores = os.cpu_count() or 1
-        cfg = RolloutConfig(num_workers=1, cpus_per_worker=float(cores), max_model_len=1024,
-                            max_pixels=args.max_pixels, kv_cache_gib=1.0)
+        # max_num_seqs holds the whole batch (prompts × n), as transformers' one batch does
+        cfg = RolloutConfig(num_workers=1, cpus_per_worker=float(args.threads), max_model_len=args.max_tokens + 512,
+                            max_num_seqs=len(samples) * args.n, max_pixels=args.max_pixels, kv_cache_gib=1.0)
         spec = SamplingSpec(n=args.n, max_tokens=args.max_tokens, temperature=1.0, seed=0)
-        print(f"model {model_dir.name}; {len(samples)} prompts with one image, n={args.n}, "
-              f"max_tokens={args.max_tokens}; {cores} cores; best of {args.rounds} rounds")
+        print(f"model {model_dir.name}; {len(samples)} prompts with one image, n={args.n}, max_tokens={args.max_tokens}; "
+              f"{args.threads} thread(s) each; best of {args.rounds} interleaved rounds; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-        hf_tps = bench_hf(model_dir, samples, args)  # before any engine: they pin torch's thread count
+        run_hf = hf_runner(model_dir, samples, args)
 
-        ray.init(address="local", num_cpus=max(4, cores), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  _temp_dir=str(tmp / "ray"), configure_logging=False)
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from vllm import LLM, SamplingParams
@@ -111,7 +119,8 @@ def main() -> None:
         # the raw baseline: the same engine settings and inputs as a rollout worker's, no pool around it
         raw = LLM(model=str(model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
                   limit_mm_per_prompt={"image": 1}, enforce_eager=True, seed=0,
-                  kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+                  kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30), enable_chunked_prefill=False,
+                  max_num_batched_tokens=max(4096, cfg.max_model_len))
         processor = AutoProcessor.from_pretrained(model_dir)
         raw_inputs = [{"prompt": prompts.render_prompt(processor, s),
                        "multi_modal_data": {"image": prompts.load_image(s.images[0], cfg.max_pixels)}} for s in samples]
@@ -136,19 +145,19 @@ def main() -> None:
             return dt, _tokens(groups)
 
         run_raw(), run_pool()  # warm-up (first-request compilation)
-        raw_runs, pool_runs = [], []
-        for _ in range(args.rounds):
+        hf_runs, raw_runs, pool_runs = [], [], []
+        for _ in range(args.rounds):  # interleaved: the machine is shared, its load drifts
+            hf_runs.append(run_hf())
             raw_runs.append(run_raw())
             pool_runs.append(run_pool())
-        raw_tps = max(n / dt for dt, n in raw_runs)
-        pool_tps = max(n / dt for dt, n in pool_runs)
+        hf_tps, raw_tps, pool_tps = (max(n / dt for dt, n in runs) for runs in (hf_runs, raw_runs, pool_runs))
         print(f"\n1. pool vs raw vLLM ({pool_runs[0][1]} tokens per run)")
         print(f"   raw vllm.LLM.generate : {raw_tps:9.0f} tok/s   runs {[f'{dt:.2f}s' for dt, _ in raw_runs]}")
         print(f"   RolloutPool.generate  : {pool_tps:9.0f} tok/s   runs {[f'{dt:.2f}s' for dt, _ in pool_runs]}"
               f"   (actor start-up {start_s:.1f}s)")
         print(f"   pool / raw            : {pool_tps / raw_tps:9.2f}x   (goal >= 0.9)")
         print("\n2. vLLM vs transformers generate")
-        print(f"   transformers generate : {hf_tps:9.0f} tok/s")
+        print(f"   transformers generate : {hf_tps:9.0f} tok/s   runs {[f'{dt:.2f}s' for dt, _ in hf_runs]}")
         print(f"   vLLM (raw)            : {raw_tps:9.0f} tok/s")
         print(f"   vLLM / transformers   : {raw_tps / hf_tps:9.2f}x   (goal >= 3)")
         raw.llm_engine.engine_core.shutdown()
@@ -172,6 +181,7 @@ def main() -> None:
                   f"probe max |diff| {update.probe_max_abs_diff:.2e} (tolerance {cfg.probe_tolerance:g})")
         pool.shutdown()
         ray.shutdown()
+        print(f"(load average at the end {os.getloadavg()[0]:.1f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

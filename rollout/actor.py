@@ -27,6 +27,7 @@ def actor_env(config: RolloutConfig) -> dict[str, str]:
     threads = max(1, int(config.cpus_per_worker))
     return {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "",  # empty = unset for vLLM: rollout.kv_cache_gib decides, not the driver's env
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",

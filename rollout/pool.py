@@ -69,6 +69,7 @@ class _Slot:
     in_flight_refs: set = field(default_factory=set)
     draining: bool = False  # removed: takes no new calls, stopped when its queue is empty
     pid: int | None = None
+    last_error: str = ""  # why its last actor died
 
     @property
     def serving(self) -> bool:
@@ -115,8 +116,12 @@ class RolloutPool:
         self._phase = threading.Lock()  # generate / push_weights / health: one at a time
         with self._lock:
             self._slots = [self._new_slot() for _ in range(config.num_workers)]
-        for slot in list(self._slots):
-            self._await_start(slot)
+        try:
+            for slot in list(self._slots):
+                self._await_start(slot)
+        except BaseException:
+            self.shutdown()
+            raise
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -186,7 +191,7 @@ class RolloutPool:
                     self._replace(slot, actor, exc)
                     self._await_start(slot)
                 except WeightSyncError as exc:
-                    errors.append(f"rollout worker {slot.slot_id}: {getattr(exc, 'cause', None) or exc}")
+                    errors.append(f"rollout worker {slot.slot_id}: {_reason(exc)}")
             if errors:
                 raise WeightSyncError("; ".join(errors))
             return updates
@@ -268,9 +273,14 @@ class RolloutPool:
         slot.pid = None
 
     def _await_start(self, slot: _Slot) -> None:
-        while slot.ready_ref is not None:
+        for _ in range(self.max_restarts + 1):
+            if slot.ready_ref is None:
+                return
             ray.wait([slot.ready_ref], num_returns=1)
             self._finish_start(slot)
+        if slot.ready_ref is not None:
+            raise RolloutError(f"rollout worker {slot.slot_id} failed to start ({self.max_restarts + 1} attempts); "
+                               f"last: {slot.last_error}")
 
     def _finish_start(self, slot: _Slot) -> None:
         with self._lock:
@@ -282,8 +292,11 @@ class RolloutPool:
                 ray.get(push_ref)
             health = ray.get(ready_ref)
         except DEAD as exc:
+            slot.last_error = _reason(exc)
             self._replace(slot, actor, exc)
             return
+        except WeightSyncError as exc:
+            raise WeightSyncError(f"rollout worker {slot.slot_id}: {_reason(exc)}") from None
         with self._lock:
             if slot.actor is actor and slot.ready_ref is ready_ref:
                 slot.ready_ref, slot.push_ref, slot.pid = None, None, health.pid
@@ -319,6 +332,8 @@ class RolloutPool:
             self._replace(slot, actor, exc)
             pending.extendleft(reversed(_after_death(chunk, exc, results, samples)))
             return
+        except WeightSyncError as exc:
+            raise WeightSyncError(f"rollout worker {slot.slot_id}: {_reason(exc)}") from None
         finally:
             self._stop_drained()
         for i, group in zip(chunk.indices, groups):
@@ -342,15 +357,14 @@ def _after_death(chunk: _Chunk, exc: BaseException, results: list, samples: list
         return [_Chunk((i,), 1) for i in chunk.indices]
     (i,) = chunk.indices
     results[i] = Group(sample=samples[i], prompt_token_ids=(), completions=(),
-                       error=f"sample {samples[i].id!r}: two rollout workers died generating it "
-                             f"(last: {type(exc).__name__}: {str(exc)[:200]})")
+                       error=f"sample {samples[i].id!r}: two rollout workers died generating it (last: {_reason(exc)})")
     return []
 
 
-def _stop_actors(actors: list, timeout_s: float = 60.0) -> None:
-    """Shut each engine down, then kill the actor; an actor that is already dead is just killed."""
-    shutdown_refs = [a.shutdown.remote() for a in actors]
-    if shutdown_refs:
-        ray.wait(shutdown_refs, num_returns=len(shutdown_refs), timeout=timeout_s)
-    for actor in actors:
-        ray.kill(actor, no_restart=True)
+def _reason(exc: BaseException) -> str:
+    """The remote exception's own message (Ray's traceback wrapper dropped), kept to one line."""
+    cause = getattr(exc, "cause", None)
+    exc = cause if isinstance(cause, BaseException) else exc
+    lines = str(exc).strip().splitlines()
+    message = lines[-1][:300] if lines else ""
+    return message if isinstance(exc, WeightSyncError) else f"{type(exc).__name__}: {message}"

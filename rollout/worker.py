@@ -86,6 +86,10 @@ class RolloutWorker:
         else:
             # VLLM_CPU_KVCACHE_SPACE (whole GiB), when set in the environment, overrides this.
             engine_args.update(kv_cache_memory_bytes=int(config.kv_cache_gib * 2**30))
+            # A seeded request whose prefill is split over steps kills vLLM-CPU ("CPU Generator
+            # does not use offset" when the partial step's sampled token is discarded): prefill
+            # each prompt whole, which needs a step budget of at least one full-length prompt.
+            engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, config.max_model_len))
         self.llm = LLM(**engine_args)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.probe: Probe = make_probe(self.processor)
@@ -122,7 +126,8 @@ class RolloutWorker:
         except Exception as exc:
             self._dead = f"{type(exc).__name__}: {exc}"
             ids = [samples[i].id for i in enqueued]
-            raise RolloutEngineError(f"vLLM engine failed while generating samples {ids}: {self._dead}") from exc
+            raise RolloutEngineError(f"vLLM engine failed while generating {len(ids)} samples "
+                                     f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}): {self._dead}") from exc
         if len(outputs) != len(enqueued):
             self._dead = f"{len(outputs)} outputs for {len(enqueued)} requests"
             raise RolloutEngineError(f"vLLM engine returned {self._dead}")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--eval", type=int, default=0, metavar="N",
                     help="afterwards, grounding IoU of the final model on N held-out synthetic records")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.stage2.max_steps=100")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     cfg = load_config(args.config, args.overrides)

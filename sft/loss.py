@@ -1,4 +1,4 @@
-"""The SFT objective (paper eq. 1) and the learning-rate schedule — pure functions, no I/O.
+"""The SFT objective (paper eq. 1) — a pure function, no I/O.
 
     L_SFT = − Σ_i log p_θ(y_i | v, x, y_<i)      over answer tokens (+ <|im_end|>) only
 
@@ -9,7 +9,6 @@ mean token accuracy and output entropy, averaged over the same tokens.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -50,19 +49,3 @@ def sft_token_loss(logits: torch.Tensor, labels: torch.Tensor, denom: float) -> 
             tokens=mask.sum().float(),
         )
     return loss, stats
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
-    """LR multiplier at optimizer step `step` (0-based): linear warm-up, then cosine to 0 or constant.
-
-        m = (step + 1) / warmup                               for step < warmup
-        m = ½ (1 + cos(π · (step − warmup) / (total − warmup)))  after (cosine)
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"lr_scheduler {schedule!r}; allowed: 'cosine', 'constant'")
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -4,12 +4,14 @@
 
 Layout under run_dir:
     sft/stageK/job.json            what the stage was asked to do (start model, datasets, settings)
-    sft/stageK/metrics.jsonl, tb/  loss, mean token accuracy, entropy, lr, grad norm per logged step
+    sft/stageK/metrics.jsonl, tensorboard/   loss, mean token accuracy, entropy, lr, grad norm per logged step
+    sft/stageK/loss.png, mean_token_accuracy.png, entropy.png   the curves of the paper's App. B
     sft/stageK/checkpoint_NNNNNN/  Ray Train's copies of the reported checkpoints (last 2 kept)
     sft/stageK/final/              HF folder of the stage's last step; final/DONE is written last
 A stage whose final/DONE exists is skipped; a disabled stage passes its input model on. A stage
 killed mid-way resumes from its last checkpoint when run again with the same run_dir (Ray Train
-restores the checkpoint list from the stage folder).
+restores the checkpoint list from the stage folder). On a multi-node cluster run_dir must be on
+storage every node mounts (it is Ray Train's storage_path, and rank 0 writes metrics there).
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def _check(stage: str, cfg: SFTStageConfig, sft: SFTConfig) -> None:
     if cfg.batch_size % sft.num_workers:
         raise ValueError(f"sft.{stage}.batch_size: {cfg.batch_size} is not divisible by "
                          f"sft.num_workers={sft.num_workers}")
+
+
+def _plot_curves(stage_dir: Path, stage: str) -> None:
+    from medmo_rl.metrics_log import read_metrics
+    from medmo_rl.plots import line_curves
+
+    rows = read_metrics(stage_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "mean_token_accuracy", "entropy"):
+        line_curves({key: (steps, [r[key] for r in rows])}, stage_dir / f"{key}.png",
+                    title=f"SFT {stage}: {key.replace('_', ' ')}", ylabel=key, xlabel="optimizer step")
 
 
 def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig, *, seed: int,
@@ -73,6 +86,7 @@ def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig,
         raise RuntimeError(f"{stage}: the Ray Train job finished without a checkpoint (see {stage_dir})")
     with result.checkpoint.as_directory() as ckpt_dir:
         export_final(ckpt_dir, final)
+    _plot_curves(stage_dir, stage)
     (stage_dir / "summary.json").write_text(json.dumps(
         {"stage": stage, "fit_s": round(time.time() - t0, 1), "checkpoint": result.checkpoint.path,
          "final": str(final)}, indent=1))

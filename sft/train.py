@@ -37,10 +37,12 @@ import torch
 import torch.distributed as dist
 
 from medmo_rl.config import SFTStageConfig
+from medmo_rl.metrics_log import MetricsWriter
+from medmo_rl.schedules import lr_multiplier
 from medmo_rl.schema import Sample, load_samples
 from sft.checkpoint import load_train_state, restore_optimizer, save_checkpoint
 from sft.collator import SKIP_REASONS, SFTBatch, SFTCollator
-from sft.loss import IGNORE, sft_token_loss, warmup_cosine
+from sft.loss import IGNORE, sft_token_loss
 from sft.mixture import MixtureStream, steps_for_epochs
 
 log = logging.getLogger(__name__)
@@ -85,11 +87,10 @@ def _build_model(src_dir: str, job: StageJob, device: torch.device) -> torch.nn.
     if job.cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return model.to(device)
-    if job.use_gpu:
+    if job.use_gpu and dist.is_initialized():
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # the full fp32 model visits each GPU once before sharding (32 GB for 8B): simple, and fits
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if job.cfg.bf16 else torch.float32,
                                   reduce_dtype=torch.float32)
         model.to(device)
@@ -97,7 +98,9 @@ def _build_model(src_dir: str, job: StageJob, device: torch.device) -> torch.nn.
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model
-    return torch.nn.parallel.DistributedDataParallel(model)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return torch.nn.parallel.DistributedDataParallel(model.to(device))
+    return model.to(device)
 
 
 def _optimizer(model: torch.nn.Module, cfg: SFTStageConfig) -> torch.optim.AdamW:
@@ -129,31 +132,6 @@ def _forward_loss(model: torch.nn.Module, batch: SFTBatch, denom: float, device:
     return sft_token_loss(logits[:, :-1], batch.labels[:, start:].to(device), denom)
 
 
-class _MetricsLog:
-    """Rank 0's metrics.jsonl + TensorBoard; a resumed run drops rows after its checkpoint step."""
-
-    def __init__(self, stage_dir: Path, stage: str, start_step: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = stage_dir / "metrics.jsonl"
-        self.stage = stage
-        if self.path.exists():
-            rows = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            self.path.write_text("".join(ln + "\n" for ln in rows if json.loads(ln)["step"] <= start_step))
-        self.tb = SummaryWriter(str(stage_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"stage": self.stage, **row}) + "\n")
-        for k, v in row.items():
-            if k != "step":
-                self.tb.add_scalar(f"sft/{k}", v, row["step"])
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.tb.close()
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
@@ -162,6 +140,37 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------
+def _step_batches(stream: MixtureStream, parts: list[list[Sample]], collator: SFTCollator, step: int,
+                  cfg: SFTStageConfig, rank: int, world: int) -> list[SFTBatch]:
+    """This worker's micro-batches of optimizer step `step` (1-based): every world-th pick of each."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    picks = stream.take((step - 1) * per_step, step * per_step)
+    return [collator([parts[k][i] for k, i in picks[m * cfg.batch_size + rank:(m + 1) * cfg.batch_size:world]])
+            for m in range(cfg.grad_accum)]
+
+
+def _train_step(model, optimizer, scheduler, batches: list[SFTBatch], cfg: SFTStageConfig,
+                device: torch.device, world: int, autocast: bool) -> tuple[list[float], float, float]:
+    """One optimizer step; returns this worker's [loss_sum, correct, entropy_sum, tokens, examples],
+    the gradient norm before clipping, and the learning rate the step used."""
+    step_tokens = _all_sum([sum(b.num_target_tokens for b in batches)], device)[0]
+    denom = max(step_tokens, 1.0) / world  # DDP/FSDP2 average gradients over ranks: undo it
+    sums = [0.0] * 5
+    for m, batch in enumerate(batches):
+        with _grad_sync(model, sync=m == len(batches) - 1):
+            loss, stats = _forward_loss(model, batch, denom, device, autocast)
+            loss.backward()
+        for j, v in enumerate((stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens)):
+            sums[j] += float(v)
+        sums[4] += len(batch.sample_ids)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
+
+
 def train_stage_worker(config: dict[str, Any]) -> None:
     """Ray Train `train_loop_per_worker`: config = {"job": StageJob}."""
     import ray.train
@@ -175,88 +184,66 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    stage_dir = Path(job.stage_dir)
+    t_start = time.time()
 
-    resume = ray.train.get_checkpoint()
+    resume = ray.train.get_checkpoint()  # this stage's latest, when Ray Train restored the run
     with resume.as_directory() if resume else contextlib.nullcontext(job.init_dir) as src_dir:
         state = load_train_state(src_dir) if resume else None
         model = _build_model(src_dir, job, device)
         processor = AutoProcessor.from_pretrained(src_dir)
     optimizer = _optimizer(model, cfg)
-
     parts = _load_mixture(job, rank)
     stream = MixtureStream([len(p) for p in parts], job.weights, job.seed)
     per_step = cfg.batch_size * cfg.grad_accum  # examples per optimizer step, all workers
     total = cfg.max_steps or steps_for_epochs([len(p) for p in parts], cfg.epochs, per_step)
     warmup = round(cfg.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.lr_scheduler))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg.lr_scheduler, s, total, warmup))
     start_step = 0
     if state is not None:
-        if state["total_steps"] != total or state["seed"] != job.seed:
+        if (state["total_steps"], state["seed"]) != (total, job.seed):
             raise RuntimeError(f"{job.stage}: checkpoint was made for total_steps={state['total_steps']} "
                                f"seed={state['seed']}, this run has {total}, {job.seed}; use a new run dir")
         restore_optimizer(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = state["step"]
-        if rank == 0:
-            log.warning("%s: resuming at step %d (data position %d)", job.stage, start_step, state["position"])
+    if rank == 0:
+        log.warning("%s: starting at step %d of %d after %.1f s of set-up", job.stage, start_step, total,
+                    time.time() - t_start)
 
     collator = SFTCollator(processor, answer_format=cfg.answer_format, max_pixels=cfg.max_pixels,
                            max_seq_len=cfg.max_seq_len)
-    metrics = _MetricsLog(stage_dir, job.stage, start_step) if rank == 0 else None
+    metrics = None
+    if rank == 0:
+        metrics = MetricsWriter(Path(job.stage_dir) / "metrics.jsonl", Path(job.stage_dir) / "tensorboard")
+        metrics.truncate_after(start_step)  # a resumed run redoes the steps after its checkpoint
     bar = tqdm(total=total, initial=start_step, desc=f"SFT {job.stage}", disable=rank != 0,
                mininterval=10, file=sys.stderr)
     autocast = cfg.bf16 and not job.use_gpu  # on GPU the FSDP2 policy casts
-    window = [0.0] * 6  # loss_sum, correct, entropy_sum, tokens, examples, steps
-    t_window = time.time()
-    skipped_before = 0
-
+    window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), 0
     for step in range(start_step + 1, total + 1):
-        position = (step - 1) * per_step
-        picks = stream.take(position, position + per_step)
-        batches = []
-        for m in range(cfg.grad_accum):
-            mine = picks[m * cfg.batch_size + rank:(m + 1) * cfg.batch_size:world]
-            batches.append(collator([parts[k][i] for k, i in mine]))
-        step_tokens = _all_sum([sum(b.num_target_tokens for b in batches)], device)[0]
-        denom = max(step_tokens, 1.0) / world  # DDP/FSDP average gradients over ranks
-        for m, batch in enumerate(batches):
-            with _grad_sync(model, sync=m == len(batches) - 1):
-                loss, stats = _forward_loss(model, batch, denom, device, autocast)
-                loss.backward()
-            for j, v in enumerate((stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens)):
-                window[j] += float(v)
-            window[4] += len(batch.sample_ids)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window[5] += 1
+        batches = _step_batches(stream, parts, collator, step, cfg, rank, world)
+        sums, grad_norm, lr = _train_step(model, optimizer, scheduler, batches, cfg, device, world, autocast)
+        window = [a + b for a, b in zip(window, sums)]
+        window_steps += 1
         bar.update(1)
-
         if step % cfg.log_every_steps == 0 or step == total:
             skipped = sum(collator.skip_counts.values())
-            s = _all_sum(window[:5] + [skipped - skipped_before], device)
-            skipped_before = skipped
-            dt = time.time() - t_window
-            row = {"step": step, "loss": s[0] / max(s[3], 1), "mean_token_accuracy": s[1] / max(s[3], 1),
-                   "entropy": s[2] / max(s[3], 1), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-                   "tokens": s[3], "examples": s[4], "skipped": s[5], "position": step * per_step,
-                   "steps_per_s": window[5] / max(dt, 1e-9)}
+            loss_sum, correct, entropy_sum, tokens, examples, new_skips = _all_sum(
+                window + [skipped - skipped_logged], device)
+            row = {"stage": job.stage, "loss": loss_sum / max(tokens, 1), "mean_token_accuracy": correct / max(tokens, 1),
+                   "entropy": entropy_sum / max(tokens, 1), "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+                   "examples": examples, "skipped": new_skips, "position": step * per_step,
+                   "steps_per_s": window_steps / max(time.time() - t_window, 1e-9)}
             if metrics:
-                metrics.write(row)
+                metrics.write(step, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mean_token_accuracy']:.3f}")
-            window, t_window = [0.0] * 6, time.time()
-
+            window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), skipped
         if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
             _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank, world)
         if job.crash_at_step and step == job.crash_at_step and rank == 0:
             raise RuntimeError(f"{job.stage}: injected crash after step {step}")
-
     bar.close()
-    _write_skips(collator, stage_dir, rank, device)
+    _write_skips(collator, Path(job.stage_dir), rank, device)
     if metrics:
         metrics.close()
 

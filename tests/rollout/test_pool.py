@@ -16,7 +16,7 @@ import torch
 from medmo_rl import prompts
 from medmo_rl.records import SamplingSpec
 from medmo_rl.schema import Sample
-from rollout.pool import RolloutPool
+from rollout.pool import RolloutError, RolloutPool
 from rollout.probe import hf_probe_logprobs, make_probe
 from rollout.worker import WeightSyncError
 from rollout_testlib import pid_gone, shm_entries, shm_held, shm_orphans
@@ -167,6 +167,11 @@ def test_shrink_2_to_1_while_generating(pool, image_samples):
     _assert_exactly_once(box["result"], batch, 4, 3)
     assert pool.num_workers == 1 and set(_watch(pool)) == {0}
     assert pid_gone(report[newest].pid)
+
+
+def test_a_pool_that_cannot_start_says_why(ray_local, rollout_config, tmp_path):
+    with pytest.raises(RolloutError, match=r"failed to start \(1 attempts\); last: .*no-such-model"):
+        RolloutPool(str(tmp_path / "no-such-model"), rollout_config, max_restarts=0)
 
 
 def test_shutdown_leaves_no_processes_or_shm(pool):

