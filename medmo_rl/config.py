@@ -164,8 +164,9 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     enabled: bool = True
-    benchmarks: tuple[str, ...] = ("synthetic_grounding",)
+    benchmarks: tuple[str, ...] = ("synthetic_eval_grounding",)
     limit: int = 200
+    models: tuple[str, ...] = ("base", "sft", "rl")  # which of the run's models to evaluate
 
 
 @dataclass(frozen=True)

@@ -214,10 +214,12 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
         models["rl"] = policy
     if cfg.eval.enabled and "eval" in stages:
         t = time.perf_counter()
-        run_eval(cfg, {k: Path(v) for k, v in models.items()}, run_dir / "eval", data_cache, summary)
+        wanted = {k: Path(v) for k, v in models.items() if k in cfg.eval.models}
+        run_eval(cfg, wanted, run_dir / "eval", data_cache, summary)
         summary.stage_seconds["eval"] = time.perf_counter() - t
     summary.notes.append(f"final model: {policy}")
-    summary.notes.append(f"plots: {run_dir / 'rl' / 'reward_curve.png'}, {run_dir / 'sft'}/*/loss.png")
+    summary.notes.append(f"plots: {run_dir / 'rl' / 'reward_curve.png'}, {run_dir / 'sft'}/*/loss.png; "
+                         f"metrics: */metrics.jsonl, TensorBoard: */tensorboard")
     text = summary.markdown()
     (run_dir / "summary.md").write_text(text)
     (run_dir / "summary.json").write_text(json.dumps({"stage_seconds": summary.stage_seconds, "evals": summary.evals,
