@@ -18,16 +18,18 @@ from rollout.worker import RolloutWorker, WeightUpdate, WorkerHealth
 def actor_env(config: RolloutConfig) -> dict[str, str]:
     """Environment of a rollout actor's own process (Ray runtime_env), set before vLLM/torch load.
 
-    In-process engine: ~1 GB less than multi-process on CPU and no /dev/shm queues. OpenMP: an
-    in-process CPU engine never binds threads (only vLLM's multi-process executor reads
+    In-process engine: ~1 GB less than multi-process on CPU and no /dev/shm queues. Threads: an
+    in-process CPU engine never binds OpenMP threads (only vLLM's multi-process executor reads
     VLLM_CPU_OMP_THREADS_BIND), so the thread count is what keeps two engines on two cores from
-    oversubscribing: one OpenMP thread per reserved CPU. "nobind" keeps the same true if someone
-    turns multiprocessing back on (its "auto" pins every engine to the same last core).
+    oversubscribing: one OpenMP thread per reserved CPU (measured: 2 actors × 1 thread on 2 cores
+    work; without OMP_NUM_THREADS vLLM drops an in-process engine to 1 torch thread anyway).
+    "nobind" keeps this true if multiprocessing is turned back on (its "auto" binds every engine to
+    the same last core and keeps the other for its front-end). Note Ray starts workers at nice 15
+    (RAY_worker_niceness), so on a busy node they yield to nice-0 processes.
     """
     threads = max(1, int(config.cpus_per_worker))
     return {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "",  # empty = unset for vLLM: rollout.kv_cache_gib decides, not the driver's env
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
@@ -36,6 +38,9 @@ def actor_env(config: RolloutConfig) -> dict[str, str]:
 
 class RolloutActor:
     def __init__(self, model_dir: str, config: RolloutConfig, seed: int = 0):
+        # This process's own environment: rollout.kv_cache_gib decides the KV cache, not a
+        # VLLM_CPU_KVCACHE_SPACE inherited from the driver (vLLM would let that win).
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         self.worker = RolloutWorker(model_dir, config, seed=seed)
 
     def pid(self) -> int:

@@ -10,8 +10,8 @@ group never splits) and handed to whichever actor has fewer than `max_in_flight`
 actors scale independently of the learners and a slow actor takes less. An actor that dies (kill
 -9 included) or whose engine fails is replaced, the replacement gets the current weights and
 version before any work, and the dead actor's unfinished calls go back to the queue — every
-prompt comes back exactly once. A call that has killed two actors is split into single prompts;
-a prompt that kills two actors comes back as `Group(error=...)`.
+prompt comes back exactly once. A call whose actor died twice is retried prompt by prompt; a
+prompt whose actor dies once more comes back as `Group(error=...)` instead of looping forever.
 
 Weights travel through Ray's object store: `push_weights` puts them ONCE, as buckets of about
 `bucket_bytes`, and every actor streams the buckets into its engine (rollout/actor.py).
@@ -44,7 +44,9 @@ class RolloutError(RuntimeError):
     """The pool cannot make progress (e.g. actors keep dying)."""
 
 
-def weight_buckets(weights: Mapping[str, Any] | Iterable[tuple[str, Any]], bucket_bytes: int) -> list[list[tuple[str, Any]]]:
+def weight_buckets(
+    weights: Mapping[str, Any] | Iterable[tuple[str, Any]], bucket_bytes: int
+) -> list[list[tuple[str, Any]]]:
     """Split (name, tensor) pairs, in order, into lists of at most ~bucket_bytes (≥ 1 tensor each)."""
     items = weights.items() if isinstance(weights, Mapping) else weights
     buckets: list[list[tuple[str, Any]]] = [[]]
@@ -134,7 +136,11 @@ class RolloutPool:
         return self._weights.version
 
     def generate(self, samples: list[Sample], sampling: SamplingSpec, answer_format: str = "plain") -> list[Group]:
-        """One Group (G = sampling.n completions, or `error`) per sample, in input order."""
+        """One Group (G = sampling.n completions, or `error`) per sample, in input order.
+
+        Raises WeightSyncError if an actor holds unverified weights (after a failed push) and
+        RolloutError if more than `max_restarts` actors die during the call.
+        """
         with self._phase:
             per_call = self.prompts_per_call or max(1, self.config.max_num_seqs // max(1, sampling.n))
             pending = deque(_Chunk(tuple(range(i, min(i + per_call, len(samples)))))
@@ -217,6 +223,7 @@ class RolloutPool:
         return slot.slot_id
 
     def resize(self, num_workers: int, wait: bool = True) -> None:
+        """Add or retire actors until `num_workers` serve (wait: until the new ones are up)."""
         if num_workers < 1:
             raise ValueError("a rollout pool keeps at least one worker")
         added = [self.add_worker(wait=False) for _ in range(num_workers - self.num_workers)]
@@ -368,3 +375,12 @@ def _reason(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     message = lines[-1][:300] if lines else ""
     return message if isinstance(exc, WeightSyncError) else f"{type(exc).__name__}: {message}"
+
+
+def _stop_actors(actors: list, timeout_s: float = 60.0) -> None:
+    """Shut each engine down, then kill the actor; an actor that is already dead is just killed."""
+    shutdown_refs = [a.shutdown.remote() for a in actors]
+    if shutdown_refs:
+        ray.wait(shutdown_refs, num_returns=len(shutdown_refs), timeout=timeout_s)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)

@@ -68,6 +68,8 @@ def request_seed(seed: int, sample_id: str) -> int:
 
 class RolloutWorker:
     def __init__(self, model_dir: str | os.PathLike, config: RolloutConfig, *, seed: int = 0):
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise FileNotFoundError(f"rollout model {str(model_dir)!r}: no config.json (not a HF checkpoint folder)")
         from transformers import AutoProcessor
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -104,6 +106,8 @@ class RolloutWorker:
         from vllm import RequestOutput
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        if answer_format not in prompts.ANSWER_FORMATS:
+            raise ValueError(f"answer_format {answer_format!r}; allowed: {', '.join(prompts.ANSWER_FORMATS)}")
         self._check_usable()
         groups: list[Group | None] = [None] * len(samples)
         enqueued: list[int] = []
@@ -147,7 +151,7 @@ class RolloutWorker:
             for path in sample.images:
                 try:
                     images.append(prompts.load_image(path, self.config.max_pixels))
-                except OSError as exc:
+                except Exception as exc:  # missing, truncated, not an image, decompression bomb, ...
                     raise OSError(f"cannot read image {path}: {exc}") from exc
             engine_input["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
         return engine_input
@@ -197,7 +201,15 @@ class RolloutWorker:
             raise WeightSyncError(self._sync_error) from exc
         self.weight_version = version
         t1 = time.perf_counter()
-        engine = self.probe_logprobs()
+        try:
+            engine = self.probe_logprobs()
+        except WeightSyncError as exc:
+            self._sync_error = str(exc)
+            raise
+        except Exception as exc:
+            self._dead = f"{type(exc).__name__}: {exc}"
+            raise RolloutEngineError(f"vLLM engine failed on the probe after loading weights v{version}: "
+                                     f"{self._dead}") from exc
         t2 = time.perf_counter()
         diff = None if expected_probe is None else max_abs_diff(engine, list(expected_probe))
         if diff is not None and not diff <= self.config.probe_tolerance:

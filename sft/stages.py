@@ -104,6 +104,6 @@ def run_sft_stages(cfg: RunConfig, base_model_dir: str | Path, run_dir: str | Pa
             log.info("%s: disabled, skipping", stage)
             continue
         # a different mixture stream per stage, all fixed by the run's seed
-        current = run_stage(stage, stage_cfg, cfg.sft, cfg.data, seed=cfg.seed + STAGES.index(stage), init_dir=current,
-                            stage_dir=Path(run_dir) / "sft" / stage, data_cache_dir=data_cache_dir)
+        current = run_stage(stage, stage_cfg, cfg.sft, cfg.data, seed=cfg.seed + STAGES.index(stage),
+                            init_dir=current, stage_dir=Path(run_dir) / "sft" / stage, data_cache_dir=data_cache_dir)
     return current

@@ -197,7 +197,8 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     per_step = cfg.batch_size * cfg.grad_accum  # examples per optimizer step, all workers
     total = cfg.max_steps or steps_for_epochs([len(p) for p in parts], cfg.epochs, per_step)
     warmup = round(cfg.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(cfg.lr_scheduler, s, total, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(cfg.lr_scheduler, s, total, warmup))
     start_step = 0
     if state is not None:
         if (state["total_steps"], state["seed"]) != (total, job.seed):
@@ -230,8 +231,9 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             skipped = sum(collator.skip_counts.values())
             loss_sum, correct, entropy_sum, tokens, examples, new_skips = _all_sum(
                 window + [skipped - skipped_logged], device)
-            row = {"stage": job.stage, "loss": loss_sum / max(tokens, 1), "mean_token_accuracy": correct / max(tokens, 1),
-                   "entropy": entropy_sum / max(tokens, 1), "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+            n = max(tokens, 1.0)
+            row = {"stage": job.stage, "loss": loss_sum / n, "mean_token_accuracy": correct / n,
+                   "entropy": entropy_sum / n, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
                    "examples": examples, "skipped": new_skips, "position": step * per_step,
                    "steps_per_s": window_steps / max(time.time() - t_window, 1e-9)}
             if metrics:

