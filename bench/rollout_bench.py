@@ -184,6 +184,8 @@ def main() -> None:
         ray.shutdown()
         print(f"(load average at the end {os.getloadavg()[0]:.1f})")
     finally:
+        if ray.is_initialized():  # after an error: stop Ray before deleting its temp dir
+            ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
