@@ -95,6 +95,11 @@ class RolloutWorker:
         self.llm = LLM(**engine_args)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.probe: Probe = make_probe(self.processor)
+        # A sampled vision token is text to vLLM but an image slot to transformers: the learner
+        # could not score it. Ban them (logit_bias acts after the raw logprobs we report).
+        tok = self.processor.tokenizer
+        self.banned_ids = sorted({i for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+                                  if (i := tok.convert_tokens_to_ids(t)) is not None and i != tok.unk_token_id})
         self.weight_version = 0
         self._dead: str | None = None
         self._sync_error: str | None = None
@@ -162,6 +167,7 @@ class RolloutWorker:
         return SamplingParams(
             n=spec.n, max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p, logprobs=0,
             seed=None if spec.seed is None else request_seed(spec.seed, sample_id),
+            logit_bias={i: -100.0 for i in self.banned_ids} or None,
         )
 
     def _group(self, sample: Sample, out: Any) -> Group:
