@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from medmo_rl.boxes import parse_boxes, to_pixels
+from medmo_rl.boxes import is_valid_box, parse_boxes, to_pixels
+from medmo_rl.metrics import matched_iou
 from medmo_rl.prompts import load_image, render_prompt
 from medmo_rl.schema import Sample, load_samples
 
@@ -29,22 +30,13 @@ class GroundingEval:
     examples: tuple[tuple[str, str, float], ...]  # first few (record id, completion, IoU)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """|a ∩ b| / |a ∪ b| for XYXY boxes; 0 for empty or degenerate boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, iw) * max(0.0, ih)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 and inter > 0 else 0.0
-
-
 def score_grounding(completions: Sequence[str], samples: Sequence[Sample]) -> tuple[list[float], list[bool]]:
     """Per-record IoU score and whether any box parsed (see module docstring)."""
     ious, parsed = [], []
     for text, sample in zip(completions, samples, strict=True):
-        pred = [to_pixels(b, sample.image_size) for b in parse_boxes(text).boxes]
+        pred = [to_pixels(b, sample.image_size) for b in parse_boxes(text).boxes if is_valid_box(b)]
         parsed.append(bool(pred))
-        ious.append(sum(max((box_iou(p, g) for p in pred), default=0.0) for g in sample.boxes) / len(sample.boxes))
+        ious.append(matched_iou(pred, list(sample.boxes)))  # the same IoU as medmo_rl.eval (Hungarian)
     return ious, parsed
 
 

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from medmo_rl.schema import load_samples
-from sft.evaluate import box_iou, score_grounding
+from medmo_rl.metrics import box_iou
+from sft.evaluate import score_grounding
 
 
 def test_box_iou_by_hand():
