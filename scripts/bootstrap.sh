@@ -20,7 +20,7 @@ echo "bootstrap: setting up $VENV for the $ENGINE engine (first run takes a few 
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 if [[ "$ENGINE" == cpu ]]; then
-  "${PIP[@]}" "torch==2.13.0"
+  "${PIP[@]}" "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 "${PIP[@]}" -e ".[$ENGINE,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import medmo_rl, vllm" # fail loudly if the install above did not work
