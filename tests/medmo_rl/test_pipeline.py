@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,18 @@ def ray_head(test_root):
     log = open(temp / "head.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield f"http://127.0.0.1:{dash}"
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 180
+        while True:  # the dashboard comes up some seconds after the head
+            assert proc.poll() is None, (temp / "head.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Ray dashboard not up after 180 s"
+            time.sleep(1)
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -75,7 +87,9 @@ def _submit(address: str, args: list[str], timeout_s: int) -> subprocess.Complet
     while True:  # the dashboard's job agent needs a few seconds after `ray start`
         r = subprocess.run([ray, "job", "submit", "--address", address, "--", "python", "-m", "medmo_rl.run", *args],
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
-        if "No available agent" not in r.stdout + r.stderr or time.monotonic() > deadline:
+        out = r.stdout + r.stderr
+        transient = "No available agent" in out or "Failed to connect to Ray" in out
+        if not transient or time.monotonic() > deadline:
             return r
         time.sleep(3)
 
