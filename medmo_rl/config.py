@@ -80,7 +80,7 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_model_len: int = 4096
-    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU; gpu_memory_utilization on GPU derives from it
+    kv_cache_gib: float = 1.0  # KV cache on CPU (kv_cache_memory_bytes); GPUs use gpu_memory_utilization
     gpu_memory_utilization: float = 0.5
     max_num_seqs: int = 64
     max_images_per_prompt: int = 1
