@@ -26,6 +26,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the driver dies, even by kill -9 (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the context manager's __exit__ still stops it
+
+
 def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -68,6 +79,7 @@ class RewardService:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(cfg_path)],
                 stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=dict(os.environ),
+                preexec_fn=_die_with_parent,
             )
             self.url = f"http://127.0.0.1:{port}"
             wait_healthy(self.url, 60, self._proc, log)
