@@ -138,6 +138,7 @@ class RLConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     grad_clip: float = 1.0
+    freeze_vision: bool = False  # train the language model only (the vision tower keeps its SFT weights)
     max_prompt_tokens: int = 2048
     max_completion_tokens: int = 1024
     mask_truncated: bool = False

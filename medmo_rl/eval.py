@@ -117,11 +117,11 @@ def write_overlays(samples: list[Sample], completions: list[str | None], out_dir
 
     from rewards.parsing import parse_completion
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for s, c in zip(samples, completions):
         if s.task != "grounding" or len(paths) >= n:
             continue
+        out_dir.mkdir(parents=True, exist_ok=True)  # here, so benchmarks without boxes leave no empty folder
         with Image.open(s.images[0]) as im:
             im = im.convert("RGB")
         scale = max(1, 256 // max(im.size))

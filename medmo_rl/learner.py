@@ -1,7 +1,9 @@
 """One learner rank: the policy model, AdamW + warm-up/cosine, and DAPO updates on `TrainItem`s.
 
 A plain class — constructible and testable without Ray; `medmo_rl/learner_group.py` wraps N of
-them as Ray actors joined by torch.distributed (gloo on CPU, NCCL on GPU) with DDP.
+them as Ray actors joined by torch.distributed: DDP over gloo on CPU, FSDP2 over NCCL on GPUs
+(medmo_rl/parallel.py; the FSDP2 path is written but has not run on a GPU yet). Under FSDP2 every
+forward is collective, so weights, probe, save and load run on all ranks (LearnerGroup does so).
 
 One `train_step` = one rollout batch (this rank's shard):
   1. old log-probs recomputed under the current weights (no grad) — π_old of eq. 4; the engine's
@@ -21,6 +23,7 @@ import torch
 
 from medmo_rl.algos import dapo_policy_loss, token_entropy
 from medmo_rl.config import RLConfig
+from medmo_rl.parallel import full_state_dict, full_state_options, grad_sync, is_fsdp, unwrap, wrap_for_training
 from medmo_rl.prompts import load_image
 from medmo_rl.records import TrainItem
 from medmo_rl.schedules import lr_multiplier
@@ -51,10 +54,14 @@ class Learner:
         self.rl, self.rank, self.world_size, self.max_pixels = rl, rank, world_size, max_pixels
         self.total_steps = max(1, total_steps)
         self.device = torch.device("cuda", torch.cuda.current_device()) if rl.use_gpu and torch.cuda.is_available() else torch.device("cpu")
-        dtype = torch.bfloat16 if rl.bf16 else torch.float32
+        # FSDP2 keeps fp32 master weights and computes in bf16 (its policy); elsewhere bf16 is the weights' dtype
+        fsdp = self.device.type == "cuda" and world_size > 1
+        dtype = torch.bfloat16 if rl.bf16 and not fsdp else torch.float32
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device)
         self.model.train()
+        if rl.freeze_vision:
+            self.model.model.visual.requires_grad_(False)
         self.image_token_id = self.model.config.image_token_id
         c = self.model.config
         # A sampled vision token in a completion would make HF splice image features there
@@ -65,27 +72,34 @@ class Learner:
                            if i is not None}
         self.pad_id = self.processor.tokenizer.pad_token_id or 0
         self.ref_model = None
-        if rl.kl_type != "none" and rl.kl_coef > 0:
-            self.ref_model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        if rl.kl_type != "none" and rl.kl_coef > 0:  # frozen, unsharded: bf16 of an 8B model is 16 GB per GPU
+            ref_dtype = torch.bfloat16 if rl.bf16 else torch.float32
+            self.ref_model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=ref_dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=rl.lr, betas=(rl.adam_beta1, rl.adam_beta2),
-                                           weight_decay=rl.weight_decay)
+        self.train_model: torch.nn.Module = self.model  # what forward/backward go through (DDP / FSDP2 wrapper)
+        if world_size == 1:
+            self._make_optimizer()
+
+    def _make_optimizer(self) -> None:
+        """After wrapping: FSDP2 turns the parameters into DTensors, and the optimizer must hold those."""
+        rl = self.rl
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=rl.lr,
+                                           betas=(rl.adam_beta1, rl.adam_beta2), weight_decay=rl.weight_decay)
         warmup = int(round(rl.warmup_ratio * self.total_steps * rl.mini_batches))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(rl.lr_scheduler, s, self.total_steps * rl.mini_batches, warmup))
-        self.ddp: torch.nn.Module | None = None
 
     # -- wiring ----------------------------------------------------------------------------
     def init_distributed(self, master_addr: str, master_port: int) -> int:
         import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
 
         if self.world_size > 1:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
                                     rank=self.rank, world_size=self.world_size)
             # The vision tower's deepstack path may leave parameters unused on text-only batches.
-            self.ddp = DistributedDataParallel(self.model, find_unused_parameters=True)
+            self.train_model = wrap_for_training(self.model, self.device, bf16=self.rl.bf16, find_unused_parameters=True)
+            self._make_optimizer()
         return self.rank
 
     @staticmethod
@@ -160,14 +174,11 @@ class Learner:
         with masked-out items to make it so.
         """
         rl = self.rl
-        items = [it for mb in mini_batches for it in mb]
-        flat_old = self.logprobs(items)
-        mismatch = [abs(a - b) for it, o in zip(items, flat_old) for a, b in zip(o, it.engine_logprobs) if it.loss_mask]
-        olds, k = [], 0
-        for mb in mini_batches:
-            olds.append(flat_old[k : k + len(mb)])
-            k += len(mb)
-        model = self.ddp or self.model
+        # per mini-batch, in micro-batches of batch_size: the same number of forwards on every rank (FSDP2)
+        olds = [self.logprobs(mb) for mb in mini_batches]
+        mismatch = [abs(a - b) for mb, mb_old in zip(mini_batches, olds) for it, o in zip(mb, mb_old)
+                    for a, b in zip(o, it.engine_logprobs) if it.loss_mask]
+        model = self.train_model
         sums: dict[str, float] = {k: 0.0 for k in ("loss", "tokens", "clip_low", "clip_high", "ratio_sum", "kl", "entropy")}
         ratio_max, grad_norm = 0.0, 0.0
         for mb_items, mb_old, n_global in zip(mini_batches, olds, mini_batch_tokens):
@@ -175,9 +186,7 @@ class Learner:
             micro = [(mb_items[i : i + rl.batch_size], mb_old[i : i + rl.batch_size])
                      for i in range(0, len(mb_items), rl.batch_size)]
             for j, (chunk, chunk_old) in enumerate(micro):
-                sync = j == len(micro) - 1
-                ctx = model.no_sync() if (self.ddp is not None and not sync) else _null()
-                with ctx:
+                with grad_sync(model, sync=j == len(micro) - 1):
                     logits, comp, mask = self._completion_logits(model, chunk)
                     lp = self._gather_logprobs(logits, comp)
                     old_t = _pad([o for o in chunk_old], lp.shape[1], lp.device)
@@ -201,7 +210,8 @@ class Learner:
                 sums["kl"] += float(st.kl_sum)
                 sums["entropy"] += float((ent * mask).sum())
                 ratio_max = max(ratio_max, float(st.ratio_max))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), rl.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], rl.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP2
             self.optimizer.step()
             self.scheduler.step()
         sums.update(ratio_max=ratio_max, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0],
@@ -211,7 +221,9 @@ class Learner:
 
     # -- weights and checkpoints -----------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
-        """HF-named CPU tensors of the policy (what vLLM reloads)."""
+        """HF-named CPU tensors of the policy (what vLLM reloads). Under FSDP2: collective, rank 0 gets them."""
+        if is_fsdp(self.model):
+            return full_state_dict(self.model)
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
 
     def probe_logprobs(self, probe: Any) -> list[float]:
@@ -224,40 +236,48 @@ class Learner:
             self.model.train()
 
     def save(self, path: str) -> None:
-        """HF model + processor (loadable by transformers and vLLM) and the optimizer/scheduler/RNG state."""
+        """HF model + processor (loadable by transformers and vLLM) and the optimizer/scheduler/RNG state.
+        Under FSDP2: collective (every rank gathers), rank 0 writes."""
+        model_sd, optim_sd = None, self.optimizer.state_dict()
+        if is_fsdp(self.model):
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            model_sd = full_state_dict(self.model)
+            optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=full_state_options())
+        if self.rank != 0:
+            return
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(p / "model")
+        unwrap(self.model).save_pretrained(p / "model", state_dict=model_sd)
         self.processor.save_pretrained(p / "model")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        torch.save({"optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
                    p / "trainer_state.pt")
 
     def load(self, path: str) -> None:
         from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
 
         p = Path(path)
         state = {}
         for f in sorted((p / "model").glob("*.safetensors")):
             state.update(load_file(str(f)))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        real_missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
-        if real_missing or unexpected:
-            raise RuntimeError(f"checkpoint {p}: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
         ts = torch.load(p / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(ts["optimizer"])
+        if is_fsdp(self.model):  # every rank reads the full files and keeps its shard
+            full = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, state, options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=ts["optimizer"], options=full)
+        else:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            real_missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+            if real_missing or unexpected:
+                raise RuntimeError(f"checkpoint {p}: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+            self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["rng"]["torch"])
         np.random.set_state(ts["rng"]["numpy"])
         random.setstate(ts["rng"]["python"])
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _pad(rows: list[list[float]], T: int, device: torch.device) -> torch.Tensor:

@@ -16,6 +16,7 @@ import ray
 from medmo_rl.config import RLConfig
 from medmo_rl.learner import Learner, split_even
 from medmo_rl.records import TrainItem
+from rollout.pool import weight_buckets
 
 
 def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: int, micro_batch: int
@@ -37,11 +38,27 @@ def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: in
     return shards, tokens
 
 
+class _LearnerActor(Learner):
+    """A Learner as a Ray actor: it can put its weights into the object store itself."""
+
+    def export_weights(self, probe: Any, bucket_bytes: int) -> tuple[list[Any], list[float]] | None:
+        """→ (object refs of the weight buckets, the probe log-probs of those weights) on rank 0.
+
+        Putting from here (not the driver) saves a copy and a deserialisation per push: the refs
+        go to the rollout actors, which fetch the buckets straight from the object store.
+        """
+        weights = self.weights()  # collective under FSDP2, like the probe's forward
+        expected = self.probe_logprobs(probe)
+        if self.rank != 0:
+            return None
+        return [ray.put(bucket) for bucket in weight_buckets(weights, bucket_bytes)], expected
+
+
 class LearnerGroup:
     def __init__(self, model_dir: str, rl: RLConfig, *, total_steps: int, max_pixels: int, seed: int):
         self.rl = rl
         n = rl.num_learners
-        actor = ray.remote(num_cpus=rl.cpus_per_learner, num_gpus=1 if rl.use_gpu else 0)(Learner)
+        actor = ray.remote(num_cpus=rl.cpus_per_learner, num_gpus=1 if rl.use_gpu else 0)(_LearnerActor)
         threads = max(1, int(rl.cpus_per_learner))
         self.actors = [actor.remote(model_dir, rl, total_steps=total_steps, max_pixels=max_pixels, rank=r,
                                     world_size=n, seed=seed, num_threads=threads) for r in range(n)]
@@ -54,15 +71,17 @@ class LearnerGroup:
         per_rank = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
         return reduce_stats(per_rank)
 
-    def weights(self) -> dict:
-        """HF-named CPU tensors of rank 0's policy (all ranks are identical after DDP)."""
-        return ray.get(self.actors[0].weights.remote())
+    def _ranks_for_state(self) -> list:
+        """Who must take part in weights / probe / save / load: all ranks under FSDP2 (each holds a
+        shard), rank 0 alone under DDP (every rank holds the same full model)."""
+        return self.actors if self.rl.use_gpu and len(self.actors) > 1 else self.actors[:1]
 
-    def probe_logprobs(self, probe: Any) -> list[float]:
-        return ray.get(self.actors[0].probe_logprobs.remote(probe))
+    def export_weights(self, probe: Any, bucket_bytes: int = 256 * 2**20) -> tuple[list[Any], list[float]]:
+        """Rank 0's policy as object-store buckets + its probe log-probs."""
+        return ray.get([a.export_weights.remote(probe, bucket_bytes) for a in self._ranks_for_state()])[0]
 
     def save(self, path: str) -> None:
-        ray.get(self.actors[0].save.remote(path))
+        ray.get([a.save.remote(path) for a in self._ranks_for_state()])
 
     def load(self, path: str) -> None:
         ray.get([a.load.remote(path) for a in self.actors])

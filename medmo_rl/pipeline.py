@@ -180,6 +180,7 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
     from sft.stages import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per reward request drowns the progress bar
     unknown = set(stages) - {*SFT_STAGES, "stage4", "eval"}
     if unknown:
         raise SystemExit(f"--stages: unknown {sorted(unknown)}; allowed: stage1, stage2, stage3, stage4, eval")
@@ -212,6 +213,8 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
         policy = run_rl_stage(cfg, Path(policy), run_dir / "rl", data_cache, summary)
         summary.stage_seconds["rl stage4"] = time.perf_counter() - t
         models["rl"] = policy
+    elif cfg.rl.enabled and (run_dir / "rl" / "final" / "DONE").exists():  # e.g. --stages eval after a finished run
+        policy = models["rl"] = run_dir / "rl" / "final"
     if cfg.eval.enabled and "eval" in stages:
         t = time.perf_counter()
         wanted = {k: Path(v) for k, v in models.items() if k in cfg.eval.models}

@@ -157,17 +157,27 @@ def learn_phase(learners, items: list[TrainItem]) -> dict[str, float]:
     return learners.train_step(items)
 
 
-def sync_phase(learners, pool, probe, version: int) -> float:
+@dataclass(frozen=True)
+class SyncTiming:
+    total_s: float = 0.0
+    export_s: float = 0.0  # learner rank 0: weights into the object store + its probe log-probs
+    load_s: float = 0.0  # slowest rollout actor: weights into the engine
+    probe_s: float = 0.0  # slowest rollout actor: the verifying probe
+
+
+def sync_phase(learners, pool, probe, version: int) -> SyncTiming:
     """Push the learners' weights to every rollout actor as `version`; the probe verifies them."""
     t0 = time.perf_counter()
-    weights = learners.weights()
-    expected = learners.probe_logprobs(probe)
-    pool.push_weights(version, weights, expected_probe=expected)
-    return time.perf_counter() - t0
+    bucket_refs, expected = learners.export_weights(probe)
+    t1 = time.perf_counter()
+    updates = pool.push_weight_refs(version, bucket_refs, expected_probe=expected)
+    return SyncTiming(total_s=time.perf_counter() - t0, export_s=t1 - t0,
+                      load_s=max((u.load_s for u in updates), default=0.0),
+                      probe_s=max((u.probe_s for u in updates), default=0.0))
 
 
 def step_metrics(batch: StepBatch, learn: dict[str, float], items: list[TrainItem], t_learn: float,
-                 t_sync: float, t_step: float, version: int, sampler: PromptSampler) -> dict:
+                 sync: SyncTiming, t_step: float, version: int, sampler: PromptSampler) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     m = {
         "reward/total": mean(batch.all_rewards),
@@ -184,9 +194,12 @@ def step_metrics(batch: StepBatch, learn: dict[str, float], items: list[TrainIte
         "time/rollout_s": batch.t_rollout,
         "time/reward_s": batch.t_reward,
         "time/learn_s": t_learn,
-        "time/sync_s": t_sync,
+        "time/sync_s": sync.total_s,
+        "time/sync_export_s": sync.export_s,
+        "time/sync_load_s": sync.load_s,
+        "time/sync_probe_s": sync.probe_s,
         "time/step_s": t_step,
-        "time/sync_share": t_sync / max(1e-9, t_step),
+        "time/sync_share": sync.total_s / max(1e-9, t_step),
         "throughput/rollout_tokens_per_s": batch.completion_tokens / max(1e-9, batch.t_rollout),
         "weight_version": version,
         "epoch": sampler.epochs_done,
@@ -258,13 +271,13 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         t0 = time.perf_counter()
         learn = learn_phase(learners, items)
         t_learn = time.perf_counter() - t0
-        t_sync = 0.0
+        sync = SyncTiming()
         if learn:
             state.version += 1
-            t_sync = sync_phase(learners, pool, probe, state.version)
+            sync = sync_phase(learners, pool, probe, state.version)
         state.step += 1
         state.sampler = sampler.state
-        m = step_metrics(batch, learn, items, t_learn, t_sync, time.perf_counter() - t_step, state.version, sampler)
+        m = step_metrics(batch, learn, items, t_learn, sync, time.perf_counter() - t_step, state.version, sampler)
         m["rollout/num_workers"] = pool.num_workers
         metrics.write(state.step, m)
         if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps:

@@ -1,8 +1,9 @@
 """A deterministic synthetic "lesion" dataset the tiny default can learn from in minutes.
 
-Each image is a grey, textured, noisy square with (usually) one bright lesion — an ellipse
-("nodule") or a rectangle ("mass") spanning 15–50 % of the side. From the same image the
-generator makes records of every task in the schema:
+Each image is a grey, textured, noisy square with (usually) one bright lesion — an ellipse or a
+rectangle spanning 15–50 % of the side — called a "mass" when it covers more than 9 % of the
+image and a "nodule" otherwise (radiology's size rule), so its kind can be seen in the pixels.
+From the same image the generator makes records of every task in the schema:
 
   grounding  "Locate the lesion."            → "nodule <box>[[x1, y1, x2, y2]]</box>"  (0–1000)
   vqa closed "Is there a lesion in the image?" → "yes" | "no"
@@ -27,7 +28,9 @@ from medmo_rl.boxes import format_grounding_answer, to_relative
 from medmo_rl.schema import Sample, write_jsonl
 
 GROUNDING_PROMPT = "Locate the lesion."
-KINDS = ("nodule", "mass")  # ellipse, rectangle
+KINDS = ("nodule", "mass")
+SHAPES = ("ellipse", "rectangle")
+MASS_AREA = 0.09  # a lesion covering more of the image than this is a "mass" (and "large" in reports)
 _TEXT_QA = (
     ("Which imaging modality uses X-rays to build cross-sectional images?", "CT"),
     ("Which imaging modality uses strong magnetic fields?", "MRI"),
@@ -63,8 +66,11 @@ def draw_image(rng: np.random.Generator, size: int, with_lesion: bool = True) ->
     if with_lesion:
         w, h = (int(rng.integers(int(0.15 * size), int(0.5 * size) + 1)) for _ in range(2))
         x1, y1 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-        kind = KINDS[int(rng.integers(0, 2))]
-        if kind == "nodule":
+        shape = SHAPES[int(rng.integers(0, 2))]
+        # the kind follows the size, as in radiology (a nodule is at most 3 cm, a mass larger), so it
+        # can be seen in the image; a label drawn independently of the pixels cannot be learned
+        kind = "mass" if w * h > MASS_AREA * size * size else "nodule"
+        if shape == "ellipse":
             cx, cy, rx, ry = x1 + w / 2 - 0.5, y1 + h / 2 - 0.5, w / 2, h / 2
             inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
         else:
@@ -98,7 +104,7 @@ def make_records(index: int, seed: int, size: int, image_path: str) -> tuple[Ima
                       answer=lesion.kind, **base))
     out.append(Sample(id=f"{sid}-caption", task="caption", prompt="Describe the image.",
                       answer=f"A bright {lesion.kind} in the {region}.", **base))
-    big = (lesion.box[2] - lesion.box[0]) * (lesion.box[3] - lesion.box[1]) > 0.09 * size * size
+    big = lesion.kind == "mass"
     out.append(Sample(id=f"{sid}-report", task="report", prompt="Write the findings.",
                       answer=f"Findings: a {'large' if big else 'small'} {lesion.kind} in the {region}. "
                              f"Impression: {lesion.kind}.", **base))
@@ -121,7 +127,7 @@ def generate(out_dir: str | os.PathLike, n_images: int, *, seed: int = 0, size: 
     """
     out = Path(out_dir)
     meta = out / "META"
-    stamp = f"n={n_images} seed={seed} size={size} start={start} v1\n"
+    stamp = f"n={n_images} seed={seed} size={size} start={start} v2\n"  # v2: kind by size
     names = ("grounding", "vqa", "caption", "report", "text_qa", "all")
     paths = {k: out / f"{k}.jsonl" for k in names}
     if meta.exists() and meta.read_text() == stamp and all(p.exists() for p in paths.values()):

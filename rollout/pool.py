@@ -14,7 +14,8 @@ prompt comes back exactly once. A call whose actor died twice is retried prompt 
 prompt whose actor dies once more comes back as `Group(error=...)` instead of looping forever.
 
 Weights travel through Ray's object store: `push_weights` puts them ONCE, as buckets of about
-`bucket_bytes`, and every actor streams the buckets into its engine (rollout/actor.py).
+`bucket_bytes` (`push_weight_refs` takes buckets someone else put), and every actor streams the
+buckets into its engine (rollout/actor.py).
 
 `generate`, `push_weights` and `health` run one at a time; `add_worker`, `remove_worker` and
 `resize` may be called from another thread while `generate` runs (a new actor joins the batch
@@ -183,8 +184,14 @@ class RolloutPool:
         Raises WeightSyncError naming every actor that failed; those refuse to generate until a
         later push verifies. The pushed weights become the ones new and restarted actors get.
         """
+        bucket_refs = [ray.put(bucket) for bucket in weight_buckets(weights, bucket_bytes)]
+        return self.push_weight_refs(version, bucket_refs, expected_probe)
+
+    def push_weight_refs(self, version: int, bucket_refs: list[Any], expected_probe: list[float] | None = None
+                         ) -> list[WeightUpdate]:
+        """`push_weights` for buckets already in the object store (put by the learner itself:
+        medmo_rl/learner_group.py), which saves the driver a copy of every push."""
         with self._phase:
-            bucket_refs = [ray.put(bucket) for bucket in weight_buckets(weights, bucket_bytes)]
             with self._lock:
                 self._weights = _Weights(version=version, bucket_refs=bucket_refs, expected_probe=expected_probe)
                 calls = [(s, s.actor, s.actor.update_weights.remote(version, bucket_refs, expected_probe))

@@ -18,26 +18,17 @@ import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
+from medmo_rl.parallel import full_state_options, unwrap
+
 TRAIN_STATE = "train_state.pt"
 DONE = "DONE"
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The HF model inside a DDP wrapper (FSDP2 shards the module in place, so it is itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def _full(distributed: bool) -> StateDictOptions:
-    # cpu_offload gathers onto rank 0's CPU only; it needs a process group
-    return StateDictOptions(full_state_dict=True, cpu_offload=distributed)
-
-
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, processor: Any,
-                    out_dir: str | os.PathLike, *, train_state: dict[str, Any], is_writer: bool,
-                    distributed: bool) -> None:
+                    out_dir: str | os.PathLike, *, train_state: dict[str, Any], is_writer: bool) -> None:
     """Collective: every rank calls it; rank `is_writer` writes the HF folder + train_state.pt."""
-    model_sd = get_model_state_dict(model, options=_full(distributed))
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=_full(distributed))
+    model_sd = get_model_state_dict(model, options=full_state_options())
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=full_state_options())
     if not is_writer:
         return
     out = Path(out_dir)

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from medmo_rl.config import SFTStageConfig
 from medmo_rl.metrics_log import MetricsWriter
+from medmo_rl.parallel import grad_sync, wrap_for_training
 from medmo_rl.schedules import lr_multiplier
 from medmo_rl.schema import Sample, load_samples
 from sft.checkpoint import load_train_state, restore_optimizer, save_checkpoint
@@ -87,20 +88,7 @@ def _build_model(src_dir: str, job: StageJob, device: torch.device) -> torch.nn.
     if job.cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    if job.use_gpu and dist.is_initialized():
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        # the full fp32 model visits each GPU once before sharding (32 GB for 8B): simple, and fits
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if job.cfg.bf16 else torch.float32,
-                                  reduce_dtype=torch.float32)
-        model.to(device)
-        for block in (*model.model.visual.blocks, *model.model.language_model.layers):
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        return model
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        return torch.nn.parallel.DistributedDataParallel(model.to(device))
-    return model.to(device)
+    return wrap_for_training(model, device, bf16=job.cfg.bf16)
 
 
 def _optimizer(model: torch.nn.Module, cfg: SFTStageConfig) -> torch.optim.AdamW:
@@ -108,16 +96,6 @@ def _optimizer(model: torch.nn.Module, cfg: SFTStageConfig) -> torch.optim.AdamW
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # norms, biases
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)
-
-
-def _grad_sync(model: torch.nn.Module, sync: bool):
-    """Context in which backward all-reduces gradients only when `sync` (the step's last micro-batch)."""
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(sync)
-        return contextlib.nullcontext()
-    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return contextlib.nullcontext()
 
 
 def _forward_loss(model: torch.nn.Module, batch: SFTBatch, denom: float, device: torch.device,
@@ -157,7 +135,7 @@ def _train_step(model, optimizer, scheduler, batches: list[SFTBatch], cfg: SFTSt
     denom = max(step_tokens, 1.0) / world  # DDP/FSDP2 average gradients over ranks: undo it
     sums = [0.0] * 5
     for m, batch in enumerate(batches):
-        with _grad_sync(model, sync=m == len(batches) - 1):
+        with grad_sync(model, sync=m == len(batches) - 1):
             loss, stats = _forward_loss(model, batch, denom, device, autocast)
             loss.backward()
         for j, v in enumerate((stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens)):
@@ -241,7 +219,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mean_token_accuracy']:.3f}")
             window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), skipped
         if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
-            _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank, world)
+            _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank)
         if job.crash_at_step and step == job.crash_at_step and rank == 0:
             raise RuntimeError(f"{job.stage}: injected crash after step {step}")
     bar.close()
@@ -251,13 +229,12 @@ def train_stage_worker(config: dict[str, Any]) -> None:
 
 
 def _save_and_report(model, optimizer, scheduler, processor, job: StageJob, step: int, position: int,
-                     total: int, rank: int, world: int) -> None:
+                     total: int, rank: int) -> None:
     import ray.train
 
     tmp = Path(tempfile.mkdtemp(prefix=f"sft-{job.stage}-")) if rank == 0 else None
     try:
         save_checkpoint(model, optimizer, scheduler, processor, tmp or ".", is_writer=rank == 0,
-                        distributed=world > 1,
                         train_state={"step": step, "position": position, "total_steps": total, "seed": job.seed,
                                      "stage": job.stage})
         ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if tmp else None

@@ -47,5 +47,8 @@ def test_markdown_table_and_overlays(tmp_path):
     assert len(paths) == 1 and Image.open(paths[0]).size == (200, 200)
     px = Image.open(paths[0]).getpixel((20, 40))  # left edge of both boxes: the prediction (red) is drawn last
     assert px[0] > 200 and px[1] < 50
+    # a benchmark without boxes draws nothing and leaves no empty folder behind
+    text_only = Sample(id="v0", task="vqa", prompt="Is there a lesion?", answer="yes", images=(str(img),))
+    assert write_overlays([text_only], ["yes"], tmp_path / "none") == [] and not (tmp_path / "none").exists()
     t = markdown_table([BenchResult("syn", 2, {"grounding/mean_iou": 0.75})])
     assert "| syn | 2 | 75.0 |" in t

@@ -65,3 +65,16 @@ def test_save_load_round_trip(tiny_model_dir, synthetic_dir, tmp_path):
     assert b.scheduler.last_epoch == a.scheduler.last_epoch == 1
     wa, wb = a.weights(), b.weights()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_freeze_vision_updates_the_language_model_only(tiny_model_dir, synthetic_dir):
+    rl = RLConfig(lr=1e-2, warmup_ratio=0.0, batch_size=4, grad_accum=1, num_learners=1, freeze_vision=True)
+    learner = Learner(str(tiny_model_dir), rl, total_steps=10, max_pixels=4096)
+    before = learner.weights()
+    items = _items(tiny_model_dir, synthetic_dir)
+    learner.train_step([items], [sum(len(i.completion_token_ids) for i in items)])
+    after = learner.weights()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    vision = {k for k in before if ".visual." in k or k.startswith("visual.")}
+    assert vision and not changed & vision, f"vision weights moved: {sorted(changed & vision)[:3]}"
+    assert any("language_model" in k for k in changed), "the language model did not train"

@@ -1,4 +1,5 @@
-"""The whole recipe as one job: `ray job submit -- python -m medmo_rl.run`, then kill -9 mid-RL + resume.
+"""The whole recipe as one job: `ray job submit -- python -m medmo_rl.run` (its rollout pool grown
+by `python -m medmo_rl.control` while it runs), then kill -9 mid-RL + resume.
 
 Real everything: a Ray head started with `ray start` (loopback, own temp dir, auth disabled), Ray
 Train SFT stages, vLLM rollout actors, the uvicorn reward service, DDP learners, eval with vLLM.
@@ -13,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -45,15 +48,21 @@ def _env() -> dict:
     return env
 
 
+@dataclass(frozen=True)
+class Head:
+    dashboard: str  # http://127.0.0.1:PORT (ray job submit)
+    gcs: str  # 127.0.0.1:PORT (ray.init, python -m medmo_rl.control)
+
+
 @pytest.fixture(scope="module")
 def ray_head(test_root):
     """`ray start --head --block` in its own process group; stopped by killing that group only
     (`ray stop` would also kill every other Ray cluster on the machine)."""
     temp = test_root / "rayhead"
     temp.mkdir()
-    dash = _free_port()
+    dash, gcs = _free_port(), _free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--num-cpus", "8", "--temp-dir", str(temp), "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
+           "--num-cpus", "8", "--temp-dir", str(temp), "--port", str(gcs), "--dashboard-host", "127.0.0.1",
            "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(_free_port()),
            "--dashboard-agent-grpc-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
            "--runtime-env-agent-port", str(_free_port()), "--include-dashboard=true", "--disable-usage-stats"]
@@ -71,7 +80,7 @@ def ray_head(test_root):
                 pass
             assert time.monotonic() < deadline, "Ray dashboard not up after 180 s"
             time.sleep(1)
-        yield url
+        yield Head(url, f"127.0.0.1:{gcs}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -96,9 +105,31 @@ def _submit(address: str, args: list[str], timeout_s: int) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def submitted_run(ray_head, test_root):
+    """The job, and — while it runs — the operator growing its rollout pool to 2 workers with
+    `python -m medmo_rl.control` (it answers once the RL stage has created its control actor)."""
     out = test_root / "runs"
-    r = _submit(ray_head, [f"output_dir={out}", "name=jobtest", *FAST], timeout_s=900)
+    done = threading.Event()
+    control: list[subprocess.CompletedProcess] = []
+
+    def grow_pool() -> None:
+        while not done.is_set():
+            r = subprocess.run([sys.executable, "-m", "medmo_rl.control", "--address", ray_head.gcs, "--name", "jobtest",
+                                "--rollout-workers", "2"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                               timeout=120)
+            if r.returncode == 0:
+                control.append(r)
+                return
+            time.sleep(2)
+
+    grower = threading.Thread(target=grow_pool, daemon=True)
+    grower.start()
+    try:
+        r = _submit(ray_head.dashboard, [f"output_dir={out}", "name=jobtest", *FAST], timeout_s=900)
+    finally:
+        done.set()
+        grower.join(timeout=150)
     assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-4000:]
+    assert control and "rollout workers: 2" in control[0].stdout, "the control CLI never reached the RL stage"
     return out / "jobtest"
 
 
@@ -112,6 +143,8 @@ def test_ray_job_submit_runs_all_stages(submitted_run):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["weight_version"] == r["step"] for r in rows)  # every step pushed verified weights
     assert all(len(r["sample_ids"]) == 6 for r in rows)
+    # the operator's resize (python -m medmo_rl.control, see submitted_run) reached the pool
+    assert rows[-1]["rollout/num_workers"] == 2
     assert (d / "rl" / "reward_curve.png").stat().st_size > 1000
     summary = json.loads((d / "summary.json").read_text())
     assert set(summary["evals"]) == {"base", "sft", "rl"}

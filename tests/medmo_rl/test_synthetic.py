@@ -25,3 +25,19 @@ def test_generated_dataset_covers_every_task_and_validates(synthetic_dir):
     assert tasks == {"grounding", "vqa", "caption", "report", "text_qa"}
     answers = {s.answer for s in rep.samples if s.prompt == "Is there a lesion in the image?"}
     assert answers == {"yes", "no"}
+
+
+def test_kind_follows_size_and_shape_varies_within_each_kind(tmp_path):
+    """"mass" iff the lesion covers > 9 % of the image; both shapes occur for both kinds, so the
+    label is learnable from the pixels but not from the shape alone."""
+    seen = set()
+    for i in range(200):
+        img, recs = make_records(i, 0, 64, str(tmp_path / f"{i}.png"))
+        (g,) = [r for r in recs if r.task == "grounding"] or [None]
+        if g is None:
+            continue
+        x1, y1, x2, y2 = g.boxes[0]
+        assert g.labels[0] == ("mass" if (x2 - x1) * (y2 - y1) > 0.09 * 64 * 64 else "nodule")
+        corner = np.asarray(img)[int(y1), int(x1), 0]  # a rectangle fills its corner, an ellipse does not
+        seen.add((g.labels[0], bool(corner > 150)))
+    assert seen == {("mass", True), ("mass", False), ("nodule", True), ("nodule", False)}
