@@ -11,10 +11,15 @@ import torch
 LOG_RATIO_CLAMP = 20.0  # exp(±20) keeps ratios finite for wildly off-policy tokens
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, *, scale: bool = True) -> torch.Tensor:
     """Group-normalised advantages, paper eq. 5.
 
         A_i = (R_i − mean_g(R)) / (std_g(R) + eps),   std unbiased (÷ (n−1)) over the group
+        A_i =  R_i − mean_g(R)                         with scale=False (Dr. GRPO, Liu et al. 2025)
+
+    Why scale=False exists: ÷ std blows a group whose rewards differ by 1e-4 (boxes equal but for
+    sub-pixel digits) up to the same ±1 as a group with a real miss; without it a group weighs in
+    proportion to how much its completions really differ.
 
     Args:
         rewards: [B, G] total reward per completion; NaN marks a completion whose scoring failed.
@@ -22,15 +27,18 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         [B, G] advantages. NaN rewards get advantage 0 and are left out of their group's mean and
         std; a group with fewer than 2 finite rewards, or zero spread, gets all-zero advantages.
 
-    Anchor: [1, 0, 0, 0, 0, 0, 0, 0] → mean 0.125, std 0.353553 → 2.474867 and −0.353552.
+    Anchor: [1, 0, 0, 0, 0, 0, 0, 0] → mean 0.125, std 0.353553 → 2.474867 and −0.353552
+    (scale=False: 0.875 and −0.125).
     """
     r = rewards.to(torch.float64)
     ok = torch.isfinite(r)
     n = ok.sum(dim=1, keepdim=True)
     r0 = torch.where(ok, r, torch.zeros_like(r))
     mean = r0.sum(dim=1, keepdim=True) / n.clamp(min=1)
-    var = (torch.where(ok, r - mean, torch.zeros_like(r)) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
-    adv = (r - mean) / (var.sqrt() + eps)
+    adv = r - mean
+    if scale:
+        var = (torch.where(ok, r - mean, torch.zeros_like(r)) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
+        adv = adv / (var.sqrt() + eps)
     adv = torch.where(ok & (n >= 2), adv, torch.zeros_like(adv))
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 

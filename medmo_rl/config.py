@@ -142,6 +142,7 @@ class RLConfig:
     max_prompt_tokens: int = 2048
     max_completion_tokens: int = 1024
     mask_truncated: bool = False
+    scale_advantages: bool = True  # eq. 5's ÷ group std; False: Dr. GRPO's A = R − mean (see algos.group_advantages)
     kl_type: Literal["none", "k1", "k3"] = "none"
     kl_coef: float = 0.0  # β
     dynamic_sampling: bool = True

@@ -140,7 +140,8 @@ def to_train_items(cfg: RunConfig, groups: list[ScoredGroup]) -> list[TrainItem]
     """Group-normalised advantages (eq. 5) per completion; NaN rewards → advantage 0."""
     if not groups:
         return []
-    adv = group_advantages(torch.tensor([list(sg.rewards) for sg in groups], dtype=torch.float64))
+    adv = group_advantages(torch.tensor([list(sg.rewards) for sg in groups], dtype=torch.float64),
+                           scale=cfg.rl.scale_advantages)
     items = []
     for sg, a_row in zip(groups, adv.tolist()):
         for c, a in zip(sg.group.completions, a_row):

@@ -35,6 +35,17 @@ def test_nan_rewards_get_zero_advantage_and_are_excluded():
     assert torch.equal(group_advantages(torch.tensor([[float("nan"), 1.0]])), torch.zeros(1, 2))
 
 
+def test_unscaled_advantages_are_reward_minus_group_mean():
+    """scale=False (Dr. GRPO): a group that barely differs keeps its tiny advantages."""
+    r = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0], [0.5001, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+                      [1.0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    a = group_advantages(r, scale=False)
+    assert a[0, 0].item() == pytest.approx(0.875) and a[0, 1:].tolist() == pytest.approx([-0.125] * 7)
+    assert a[1, 0].item() == pytest.approx(0.0001 * 7 / 8, rel=1e-6)
+    assert group_advantages(r)[1, 0].item() == pytest.approx(2.474867, rel=0.05)  # ÷ std (3.5e-5 + eps): ±1 scale
+    assert a[2, 1].item() == 0.0 and a[2, 0].item() == pytest.approx(1 - 1 / 7)  # NaN left out of the mean
+
+
 def test_zero_std_groups():
     r = torch.tensor([[0.5, 0.5, 0.5], [0.1, 0.2, 0.1], [float("nan"), 0.3, 0.3], [float("nan"), float("nan"), 1.0]])
     assert zero_std_groups(r).tolist() == [True, False, True, True]

@@ -1,5 +1,6 @@
 """The learner on the tiny model: real transformers forward/backward, no fakes."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -78,3 +79,19 @@ def test_freeze_vision_updates_the_language_model_only(tiny_model_dir, synthetic
     vision = {k for k in before if ".visual." in k or k.startswith("visual.")}
     assert vision and not changed & vision, f"vision weights moved: {sorted(changed & vision)[:3]}"
     assert any("language_model" in k for k in changed), "the language model did not train"
+
+
+def test_bf16_learner_trains_and_reports_logprobs_in_fp32(tiny_model_dir, synthetic_dir):
+    """rl.bf16 on a single CPU rank (the dtype path; FSDP2's mixed precision needs GPUs)."""
+    rl = RLConfig(lr=1e-2, warmup_ratio=0.0, batch_size=4, grad_accum=1, lr_scheduler="constant", num_learners=1,
+                  bf16=True)
+    learner = Learner(str(tiny_model_dir), rl, total_steps=10, max_pixels=4096)
+    assert next(learner.model.parameters()).dtype == torch.bfloat16
+    items = _items(tiny_model_dir, synthetic_dir)
+    before = learner.logprobs(items)
+    stats = learner.train_step([items], [sum(len(i.completion_token_ids) for i in items)])
+    after = learner.logprobs(items)
+    assert all(isinstance(x, float) for row in after for x in row) and math.isfinite(stats["loss"])
+    mean = lambda x: sum(x) / len(x)
+    moved = [(mean(a) - mean(b)) * it.advantage for it, b, a in zip(items, before, after)]
+    assert all(m > 0 for m in moved), f"bf16 update moved logprobs against the advantage: {moved}"
