@@ -102,14 +102,6 @@ class Learner:
             self._make_optimizer()
         return self.rank
 
-    @staticmethod
-    def free_address() -> tuple[str, int]:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return "127.0.0.1", s.getsockname()[1]
-
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, items: Sequence[TrainItem]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Right-padded batch. Returns (model inputs, completion token ids [B, T], mask [B, T]),

@@ -39,7 +39,17 @@ def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: in
 
 
 class _LearnerActor(Learner):
-    """A Learner as a Ray actor: it can put its weights into the object store itself."""
+    """A Learner as a Ray actor: it names the rendezvous address and puts its weights into the
+    object store itself."""
+
+    def free_address(self) -> tuple[str, int]:
+        """This node's IP (not 127.0.0.1: ranks on other nodes must reach it) and a free port."""
+        import socket
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return ip, s.getsockname()[1]
 
     def export_weights(self, probe: Any, bucket_bytes: int) -> tuple[list[Any], list[float]] | None:
         """→ (object refs of the weight buckets, the probe log-probs of those weights) on rank 0.
