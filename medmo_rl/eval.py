@@ -25,7 +25,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from medmo_rl import metrics as M
 from medmo_rl.boxes import is_valid_box, to_pixels

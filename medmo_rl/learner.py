@@ -214,9 +214,7 @@ class Learner:
     # -- weights and checkpoints -----------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
         """HF-named CPU tensors of the policy (what vLLM reloads). Under FSDP2: collective, rank 0 gets them."""
-        if is_fsdp(self.model):
-            return full_state_dict(self.model)
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
+        return full_state_dict(self.model)
 
     def probe_logprobs(self, probe: Any) -> list[float]:
         from rollout.probe import hf_probe_logprobs

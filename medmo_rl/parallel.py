@@ -6,8 +6,8 @@
     otherwise               the model itself
 
 Gradients are averaged over ranks by both wrappers; callers that normalise by a global token count
-multiply their loss by the world size to undo it. `full_state_dict` gathers weights from any of
-the three (collective: every rank calls it; with a process group only rank 0 gets the tensors).
+multiply their loss by the world size to undo it. `full_state_dict` gives the full weights of any
+of the three (under FSDP2 every rank must call it; rank 0 gets the tensors).
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def full_state_options() -> StateDictOptions:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """HF-named full CPU tensors of a plain, DDP or FSDP2 model. Collective under a process group."""
-    sd = get_model_state_dict(model, options=full_state_options())
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+    """HF-named full CPU tensors (copies) of a model. FSDP2: collective, rank 0 gets them (gathered
+    to its CPU); a plain module's own state dict otherwise, on whichever rank asks — no collective."""
+    if is_fsdp(model):
+        return {k: v.contiguous() for k, v in get_model_state_dict(model, options=full_state_options()).items()}
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unwrap(model).state_dict().items()}

@@ -81,7 +81,7 @@ def test_freeze_vision_updates_the_language_model_only(tiny_model_dir, synthetic
     assert any("language_model" in k for k in changed), "the language model did not train"
 
 
-def test_bf16_learner_trains_and_reports_logprobs_in_fp32(tiny_model_dir, synthetic_dir):
+def test_bf16_learner_trains(tiny_model_dir, synthetic_dir):
     """rl.bf16 on a single CPU rank (the dtype path; FSDP2's mixed precision needs GPUs)."""
     rl = RLConfig(lr=1e-2, warmup_ratio=0.0, batch_size=4, grad_accum=1, lr_scheduler="constant", num_learners=1,
                   bf16=True)
@@ -91,7 +91,7 @@ def test_bf16_learner_trains_and_reports_logprobs_in_fp32(tiny_model_dir, synthe
     before = learner.logprobs(items)
     stats = learner.train_step([items], [sum(len(i.completion_token_ids) for i in items)])
     after = learner.logprobs(items)
-    assert all(isinstance(x, float) for row in after for x in row) and math.isfinite(stats["loss"])
+    assert math.isfinite(stats["loss"]) and stats["loss"] != 0.0
     mean = lambda x: sum(x) / len(x)
     moved = [(mean(a) - mean(b)) * it.advantage for it, b, a in zip(items, before, after)]
     assert all(m > 0 for m in moved), f"bf16 update moved logprobs against the advantage: {moved}"
