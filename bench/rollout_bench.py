@@ -114,7 +114,7 @@ def main() -> None:
 
         from medmo_rl import prompts
         from rollout.pool import RolloutPool
-        from rollout.probe import hf_probe_logprobs, make_probe
+        from medmo_rl.probe import hf_probe_logprobs, make_probe
         from rollout.worker import request_seed
 
         # the raw baseline: the same engine settings and inputs as a rollout worker's, no pool around it

@@ -1,6 +1,6 @@
 """One learner rank: the policy model, AdamW + warm-up/cosine, and DAPO updates on `TrainItem`s.
 
-A plain class — constructible and testable without Ray; `medmo_rl/learner_group.py` wraps N of
+A plain class — constructible and testable without Ray; `medmo_rl/driver/learner_group.py` wraps N of
 them as Ray actors joined by torch.distributed: DDP over gloo on CPU, FSDP2 over NCCL on GPUs
 (medmo_rl/parallel.py; the FSDP2 path is written but has not run on a GPU yet). Under FSDP2 every
 forward is collective, so weights, probe, save and load run on all ranks (LearnerGroup does so).
@@ -24,6 +24,7 @@ import torch
 from medmo_rl.algos import dapo_policy_loss, token_entropy
 from medmo_rl.config import RLConfig
 from medmo_rl.parallel import full_state_dict, full_state_options, grad_sync, is_fsdp, unwrap, wrap_for_training
+from medmo_rl.probe import hf_probe_logprobs
 from medmo_rl.prompts import load_image
 from medmo_rl.records import TrainItem
 from medmo_rl.schedules import lr_multiplier
@@ -217,8 +218,6 @@ class Learner:
         return full_state_dict(self.model)
 
     def probe_logprobs(self, probe: Any) -> list[float]:
-        from rollout.probe import hf_probe_logprobs
-
         self.model.eval()
         try:
             return hf_probe_logprobs(self.model, self.processor, probe)

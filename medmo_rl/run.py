@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for st in stage_plan(cfg):
             print(f"  {st.name:7s} [{st.kind:4s}] {'on ' if st.enabled else 'off'}  {st.detail}")
         return 0
-    from medmo_rl.pipeline import run_pipeline
+    from medmo_rl.driver.pipeline import run_pipeline  # here: --help and --dry-run start no Ray, torch or vLLM
 
     wanted = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     return run_pipeline(cfg, stages=wanted)

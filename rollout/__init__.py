@@ -3,7 +3,7 @@
     rollout.pool.RolloutPool    N Ray actors; what the RL loop calls (generate, push_weights, resize, health)
     rollout.worker.RolloutWorker one vLLM engine, a plain class (no Ray)
     rollout.actor.RolloutActor   the worker's thin Ray-facing wrapper
-    rollout.probe                the weight-sync probe the learner computes with transformers (no ray/vllm)
 
-Nothing is imported here, so `import rollout.probe` stays free of ray and vllm.
+The weight-sync probe both sides compute lives in medmo_rl/probe.py (the learner needs it too).
+Nothing is imported here, so `import rollout.worker` stays free of ray.
 """

@@ -35,6 +35,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from medmo_rl.config import RolloutConfig
 from medmo_rl.records import Group, SamplingSpec
 from medmo_rl.schema import Sample
+from medmo_rl.weights import weight_buckets
 from rollout.actor import RolloutActor, actor_env
 from rollout.worker import RolloutEngineError, WeightSyncError, WeightUpdate, WorkerHealth
 
@@ -43,24 +44,6 @@ DEAD = (RayActorError, RolloutEngineError)  # the actor, or its engine, is gone:
 
 class RolloutError(RuntimeError):
     """The pool cannot make progress (e.g. actors keep dying)."""
-
-
-def weight_buckets(
-    weights: Mapping[str, Any] | Iterable[tuple[str, Any]], bucket_bytes: int
-) -> list[list[tuple[str, Any]]]:
-    """Split (name, tensor) pairs, in order, into lists of at most ~bucket_bytes (≥ 1 tensor each)."""
-    items = weights.items() if isinstance(weights, Mapping) else weights
-    buckets: list[list[tuple[str, Any]]] = [[]]
-    size = 0
-    for name, tensor in items:
-        tensor = tensor.detach().cpu().contiguous()
-        nbytes = tensor.numel() * tensor.element_size()
-        if buckets[-1] and size + nbytes > bucket_bytes:
-            buckets.append([])
-            size = 0
-        buckets[-1].append((name, tensor))
-        size += nbytes
-    return buckets if buckets[-1] else []
 
 
 @dataclass

@@ -27,9 +27,9 @@ from typing import Any
 
 from medmo_rl import prompts
 from medmo_rl.config import RolloutConfig
+from medmo_rl.probe import Probe, make_probe, max_abs_diff
 from medmo_rl.records import Completion, Group, SamplingSpec
 from medmo_rl.schema import Sample
-from rollout.probe import Probe, make_probe, max_abs_diff
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class RolloutWorker:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp, "is_checkpoint_format": True})
 
     def probe_logprobs(self) -> list[float]:
-        """The engine's log-probabilities of the probe sequence (see rollout/probe.py), [T-1]."""
+        """The engine's log-probabilities of the probe sequence (see medmo_rl/probe.py), [T-1]."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)

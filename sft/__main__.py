@@ -6,7 +6,7 @@ Run folder: <output_dir>/<name>/ (resolved config.yaml, sft/stageK/...; see sft/
 Same layout as `python -m medmo_rl.run`: base model (model.path, or the offline tiny Qwen3-VL) in
 <run>/base, synthetic data in <run>/data. Re-running the same command resumes.
 Ray: joins RAY_ADDRESS (as under `ray job submit`), else starts a local cluster (cluster.num_cpus);
-worker output (the rank-0 progress bar) is in Ray's worker logs, metrics in sft/stageK/metrics.jsonl.
+worker output (the rank-0 progress bar, tracebacks) reaches this console; metrics are in sft/stageK/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -15,8 +15,24 @@ import json
 import logging
 from pathlib import Path
 
-from medmo_rl.config import dump_yaml, load_config
-from medmo_rl.pipeline import init_ray
+from medmo_rl.config import ClusterConfig, dump_yaml, load_config
+
+
+def _connect_ray(cluster: ClusterConfig) -> str:
+    """RAY_ADDRESS (as under `ray job submit`) or cluster.address → join it; else a local cluster."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return "already initialised"
+    address = os.environ.get("RAY_ADDRESS") or (cluster.address if cluster.address not in ("auto", "local") else "")
+    if address:
+        ray.init(address=address)
+        return f"joined {address}"
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only: Ray 2.60 would ask for a token
+    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False)
+    return f"started a local cluster with {cluster.num_cpus} logical CPUs"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -37,7 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     from sft.stages import run_sft_stages
 
     base = resolve_model(cfg.model.path, run_dir / "base", seed=cfg.model.tiny_seed)
-    print("Ray:", init_ray(cfg.cluster))  # RAY_ADDRESS → join it; else a fresh local cluster
+    print("Ray:", _connect_ray(cfg.cluster))
     final = run_sft_stages(cfg, base, run_dir, run_dir / "data")
     print(f"SFT final model: {final}")
     if args.eval:

@@ -36,7 +36,7 @@ def score_grounding(completions: Sequence[str], samples: Sequence[Sample]) -> tu
     for text, sample in zip(completions, samples, strict=True):
         pred = [to_pixels(b, sample.image_size) for b in parse_boxes(text).boxes if is_valid_box(b)]
         parsed.append(bool(pred))
-        ious.append(matched_iou(pred, list(sample.boxes)))  # the same IoU as medmo_rl.eval (Hungarian)
+        ious.append(matched_iou(pred, list(sample.boxes)))  # the same IoU as medmo_rl.benchmarks (Hungarian)
     return ious, parsed
 
 

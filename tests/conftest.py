@@ -60,3 +60,28 @@ def ray_local(test_root):
                  log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def make_learner(tiny_model_dir):
+    """make_learner(seed) → the tiny model in transformers; seed > 0 perturbs every weight."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    def make(seed: int = 0):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+        if seed:
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)

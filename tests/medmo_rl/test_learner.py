@@ -8,7 +8,7 @@ import torch
 from medmo_rl import prompts
 from medmo_rl.config import RLConfig
 from medmo_rl.learner import Learner
-from medmo_rl.learner_group import shard_batch
+from medmo_rl.driver.learner_group import shard_batch
 from medmo_rl.records import TrainItem
 from medmo_rl.schema import load_samples
 

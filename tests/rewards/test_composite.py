@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from reward_testlib import GROUNDING, MCQ, VQA_YES
 
 import rewards
-import rewards.accuracy
+import medmo_rl.answers
 import rewards.composite
 from medmo_rl.config import BBoxRewardConfig, RewardConfig
 from medmo_rl.schema import Sample, SampleError
@@ -60,7 +60,7 @@ def test_completion_is_parsed_once(monkeypatch):
     calls = []
     real = rewards.composite.parse_completion
     monkeypatch.setattr(rewards.composite, "parse_completion", lambda c: calls.append(c) or real(c))
-    monkeypatch.setattr(rewards.accuracy, "parse_completion", lambda c: pytest.fail("parsed twice"))
+    monkeypatch.setattr(medmo_rl.answers, "parse_completion", lambda c: pytest.fail("parsed twice"))
     items = [ScoreItem(FORMATTED.format(BOTH_BOXES), 10, GROUNDING), ScoreItem("yes", 10, VQA_YES)]
     results = score_items(items, RewardConfig())
     assert len(calls) == 2 and [r.total for r in results] == [3.0, 1.0]

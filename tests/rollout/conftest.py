@@ -1,4 +1,4 @@
-"""Fixtures of the rollout tests: the tiny engine's config, samples, a learner."""
+"""Fixtures of the rollout tests: the tiny engine's config and samples (a learner: tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
@@ -20,28 +20,3 @@ def image_samples(synthetic_dir) -> list:
     samples = [s for s in load_samples(synthetic_dir["all"]).samples if s.images]
     assert len(samples) >= 48
     return samples
-
-
-@pytest.fixture(scope="session")
-def make_learner(tiny_model_dir):
-    """make_learner(seed) → the tiny model in transformers; seed > 0 perturbs every weight."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    def make(seed: int = 0):
-        model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-        if seed:
-            gen = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        return model
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def processor(tiny_model_dir):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(tiny_model_dir)

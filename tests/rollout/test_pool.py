@@ -18,7 +18,7 @@ from medmo_rl import prompts
 from medmo_rl.records import SamplingSpec
 from medmo_rl.schema import Sample
 from rollout.pool import RolloutError, RolloutPool
-from rollout.probe import hf_probe_logprobs, make_probe
+from medmo_rl.probe import hf_probe_logprobs, make_probe
 from rollout.worker import WeightSyncError
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 
 from medmo_rl.records import SamplingSpec
 from medmo_rl.schema import Sample
-from rollout.probe import hf_probe_logprobs, max_abs_diff
+from medmo_rl.probe import hf_probe_logprobs, max_abs_diff
 from rollout.worker import RolloutWorker, WeightSyncError
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import pytest
 
 from medmo_rl.config import load_config
 from medmo_rl.records import Completion, Group
-from medmo_rl.rl_loop import ScoredGroup, collect_phase, prompts_per_step, to_train_items
+from medmo_rl.driver.rl_loop import ScoredGroup, collect_phase, prompts_per_step, to_train_items
 from medmo_rl.sampler import PromptSampler
 from medmo_rl.schema import Sample
 from rewards.client import RewardClient

@@ -12,7 +12,7 @@ One step, top to bottom (each phase one function below):
     checkpoint every rl.checkpoint_every steps, atomically (write, then rename)
 
 Files to follow one step from the YAML to the loss: configs/tiny.yaml → medmo_rl/config.py (RLConfig)
-→ this file → medmo_rl/learner_group.py → medmo_rl/learner.py → medmo_rl/algos.py (dapo_policy_loss).
+→ this file → medmo_rl/driver/learner_group.py → medmo_rl/learner.py → medmo_rl/algos.py (dapo_policy_loss).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from medmo_rl.config import RunConfig
 from medmo_rl.records import Group, SamplingSpec, TrainItem
 from medmo_rl.sampler import PromptSampler, SamplerState
 from medmo_rl.schema import Sample
+from rewards.composite import ScoreItem
 
 PARTS = ("accuracy", "bbox", "tag_count", "overlong")
 
@@ -86,8 +87,6 @@ def total_steps(cfg: RunConfig, num_prompts: int) -> int:
 
 def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) -> StepBatch:
     """Rollout + score + dynamic-sampling filter until `prompts_per_step` groups carry signal."""
-    from rewards.client import ScoreItem
-
     rl, want = cfg.rl, prompts_per_step(cfg)
     sampling = SamplingSpec(n=rl.num_generations, max_tokens=rl.max_completion_tokens,
                             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
@@ -248,7 +247,7 @@ def scale_phase(pool, desired_rollout_workers) -> None:
 
 def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list[Sample], *, pool, learners,
              client, probe, metrics, progress: bool = True, desired_rollout_workers=None) -> RLState:
-    """The loop. `pool`, `learners`, `client` are live (see medmo_rl/pipeline.py for the wiring)."""
+    """The loop. `pool`, `learners`, `client` are live (see medmo_rl/driver/pipeline.py for the wiring)."""
     ckpt_root = rl_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     state = RLState()

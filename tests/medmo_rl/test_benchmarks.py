@@ -1,7 +1,7 @@
 """Scoring half of the eval harness (pure): hand-checked numbers on tiny made-up benchmarks."""
 import pytest
 
-from medmo_rl.eval import BenchResult, markdown_table, score_benchmark, write_overlays
+from medmo_rl.benchmarks import BenchResult, markdown_table, score_benchmark, write_overlays
 from medmo_rl.schema import Sample
 
 

@@ -16,7 +16,7 @@ import ray
 from medmo_rl.config import RLConfig
 from medmo_rl.learner import Learner, split_even
 from medmo_rl.records import TrainItem
-from rollout.pool import weight_buckets
+from medmo_rl.weights import weight_buckets
 
 
 def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: int, micro_batch: int

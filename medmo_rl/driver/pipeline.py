@@ -1,4 +1,4 @@
-"""The driver behind `python -m medmo_rl.run`: wires Ray, the stages and the run directory.
+"""`run_pipeline`, behind `python -m medmo_rl.run`: the stages in order, and the run directory.
 
     runs/<name>/
       config.yaml            the resolved config
@@ -22,12 +22,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmo_rl.config import ClusterConfig, RunConfig, dump_yaml
+import ray
+from transformers import AutoProcessor
+
+from medmo_rl.config import RunConfig, dump_yaml
+from medmo_rl.datasets import resolve
+from medmo_rl.driver.cluster import init_ray
+from medmo_rl.driver.control import start_control
+from medmo_rl.driver.eval_runner import evaluate
+from medmo_rl.driver.learner_group import LearnerGroup
+from medmo_rl.driver.reward_service import RewardService
+from medmo_rl.driver.rl_loop import total_steps, train_rl
+from medmo_rl.metrics_log import MetricsWriter, read_metrics
+from medmo_rl.plots import reward_curve
+from medmo_rl.probe import make_probe
+from medmo_rl.schema import load_samples
+from medmo_rl.tiny_model import resolve_model
+from rewards.client import RewardClient
+from rollout.pool import RolloutPool
+from sft.stages import run_stage
 
 log = logging.getLogger("medmo_rl")
 SFT_STAGES = ("stage1", "stage2", "stage3")
-CONTROL_ACTOR = "medmo-control-{name}"
-RAY_NAMESPACE = "medmo"
 
 
 @dataclass
@@ -54,61 +70,7 @@ class RunSummary:
         return "\n".join(lines) + "\n"
 
 
-def init_ray(cluster: ClusterConfig, temp_dir: Path | None = None) -> str:
-    """Join the cluster this job runs in, or start a local one.
-
-    RAY_ADDRESS set (as `ray job submit` does) → join it; cluster.address an explicit address →
-    join that; "auto"/"local" otherwise → a fresh local cluster with cluster.num_cpus logical CPUs
-    (never a stale cluster some other process left on this machine).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return "already initialised"
-    address = os.environ.get("RAY_ADDRESS") or (cluster.address if cluster.address not in ("auto", "local") else "")
-    if address:
-        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
-        return f"joined {address}"
-    if not cluster.allow_local:
-        raise RuntimeError("no Ray cluster to join (RAY_ADDRESS unset) and cluster.allow_local is false")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only local cluster (ENVIRONMENT.md 7)
-    kw = {"_temp_dir": str(temp_dir)} if temp_dir else {}
-    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=False,
-             namespace=RAY_NAMESPACE, **kw)
-    return f"started a local cluster with {cluster.num_cpus} logical CPUs"
-
-
-class Control:
-    """A named actor the operator talks to while a job runs (python -m medmo_rl.control)."""
-
-    def __init__(self, rollout_workers: int):
-        self.rollout_workers = rollout_workers
-
-    def set_rollout_workers(self, n: int) -> int:
-        if n < 1:
-            raise ValueError("rollout workers must be >= 1")
-        self.rollout_workers = n
-        return n
-
-    def get_rollout_workers(self) -> int:
-        return self.rollout_workers
-
-
 def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Path, summary: RunSummary) -> Path:
-    import ray
-    from transformers import AutoProcessor
-
-    from medmo_rl.datasets import resolve
-    from medmo_rl.learner_group import LearnerGroup
-    from medmo_rl.metrics_log import MetricsWriter, read_metrics
-    from medmo_rl.plots import reward_curve
-    from medmo_rl.reward_service import RewardService
-    from medmo_rl.rl_loop import total_steps, train_rl
-    from medmo_rl.schema import load_samples
-    from rewards.client import RewardClient
-    from rollout.pool import RolloutPool
-    from rollout.probe import make_probe
-
     final = rl_dir / "final"
     if (final / "DONE").exists():
         log.info("stage4: %s exists, skipping", final / "DONE")
@@ -121,9 +83,7 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
     n_steps = total_steps(cfg, len(rep.samples))
     probe = make_probe(AutoProcessor.from_pretrained(policy_dir))
     metrics = MetricsWriter(rl_dir / "metrics.jsonl", rl_dir / "tensorboard")
-    control = ray.remote(num_cpus=0)(Control).options(
-        name=CONTROL_ACTOR.format(name=cfg.name), get_if_exists=True, lifetime="detached"
-    ).remote(cfg.rollout.num_workers)
+    control = start_control(cfg.name, cfg.rollout.num_workers)
     pool = learners = None
     try:
         with RewardService(cfg, rl_dir) as svc, RewardClient(
@@ -166,8 +126,6 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
 
 
 def run_eval(cfg: RunConfig, models: dict[str, Path], eval_dir: Path, data_cache: Path, summary: RunSummary) -> None:
-    from medmo_rl.eval import evaluate
-
     for label, model_dir in models.items():
         results = evaluate(model_dir, list(cfg.eval.benchmarks), eval_dir / label, limit=cfg.eval.limit,
                            answer_format=cfg.rl.answer_format, rollout_cfg=cfg.rollout, data_cfg=cfg.data,
@@ -176,9 +134,6 @@ def run_eval(cfg: RunConfig, models: dict[str, Path], eval_dir: Path, data_cache
 
 
 def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "eval")) -> int:
-    from medmo_rl.tiny_model import resolve_model
-    from sft.stages import run_stage
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per reward request drowns the progress bar
     unknown = set(stages) - {*SFT_STAGES, "stage4", "eval"}

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from medmo_rl.config import RunConfig, dump_yaml
+from rewards.serve import deploy_serve
 
 
 def _free_port() -> int:
@@ -67,8 +68,6 @@ class RewardService:
                 raise ValueError("reward.service is 'url' but reward.url is empty")
             self.url = rc.url.rstrip("/")
         elif rc.service == "serve":
-            from rewards.serve import deploy_serve
-
             self.url = deploy_serve(rc, rc.replicas, "127.0.0.1", _free_port(), rc.cpus_per_replica)
         else:
             self.work_dir.mkdir(parents=True, exist_ok=True)

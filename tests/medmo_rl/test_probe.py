@@ -1,12 +1,12 @@
-"""The weight-sync probe (rollout/probe.py) and the pool's weight buckets — no engine needed."""
+"""The weight-sync probe (medmo_rl/probe.py) and the weight buckets (medmo_rl/weights.py) — no engine needed."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from rollout.pool import weight_buckets
-from rollout.probe import hf_probe_logprobs, make_probe, max_abs_diff
+from medmo_rl.weights import weight_buckets
+from medmo_rl.probe import hf_probe_logprobs, make_probe, max_abs_diff
 from rollout.worker import request_seed
 
 

@@ -11,7 +11,7 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 from medmo_rl.config import load_config
-from medmo_rl.reward_service import RewardService
+from medmo_rl.driver.reward_service import RewardService
 with RewardService(load_config(), Path(sys.argv[1])) as svc:
     print(svc._proc.pid, svc.url, flush=True)
     time.sleep(120)

@@ -1,0 +1,57 @@
+"""Resize the rollout pool of a RUNNING job (its learners are untouched).
+
+    python -m medmo_rl.control --name tiny --rollout-workers 2 [--address auto]
+
+The RL stage starts a named Ray actor `medmo-control-<name>` (`Control`); this CLI talks to it and
+the RL loop applies the new size at the start of its next step and logs `rollout/num_workers`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import ray
+
+from medmo_rl.driver.cluster import RAY_NAMESPACE
+
+CONTROL_ACTOR = "medmo-control-{name}"
+
+
+class Control:
+    """A named actor the operator talks to while a job runs (python -m medmo_rl.control)."""
+
+    def __init__(self, rollout_workers: int):
+        self.rollout_workers = rollout_workers
+
+    def set_rollout_workers(self, n: int) -> int:
+        if n < 1:
+            raise ValueError("rollout workers must be >= 1")
+        self.rollout_workers = n
+        return n
+
+    def get_rollout_workers(self) -> int:
+        return self.rollout_workers
+
+
+def start_control(name: str, rollout_workers: int):
+    """The job's Control actor (detached, so the CLI can find it by name)."""
+    return ray.remote(num_cpus=0)(Control).options(
+        name=CONTROL_ACTOR.format(name=name), get_if_exists=True, lifetime="detached").remote(rollout_workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m medmo_rl.control", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", default="tiny", help="the run's config `name`")
+    ap.add_argument("--address", default="auto", help="Ray cluster address (default: the running one)")
+    ap.add_argument("--rollout-workers", type=int, default=None, help="new number of vLLM rollout workers")
+    args = ap.parse_args(argv)
+    ray.init(address=args.address, namespace=RAY_NAMESPACE, log_to_driver=False)
+    try:
+        actor = ray.get_actor(CONTROL_ACTOR.format(name=args.name))
+    except ValueError:
+        print(f"no running RL stage named {args.name!r} on this cluster", file=sys.stderr)
+        return 1
+    if args.rollout_workers is not None:
+        ray.get(actor.set_rollout_workers.remote(args.rollout_workers))
+    print(f"rollout workers: {ray.get(actor.get_rollout_workers.remote())}")
+    return 0
