@@ -2,7 +2,9 @@
 
     cfg = load_config("configs/tiny.yaml", overrides=["rl.num_generations=4"])
 
-Unknown keys and bad values raise `ConfigError` naming the dotted key and what is allowed.
+Unknown keys and bad values raise `ConfigError` naming the dotted key and what is allowed. A
+numeric field's allowed range is part of its type (`lr: NonNegFloat`, `eps_low: UnitFloat`), so
+each field carries its own constraint.
 Overrides are `dotted.key=value`, the value parsed as YAML (so `1e-5`, `true`, `[a, b]` work).
 No torch/ray imports: the reward service and every stage read these.
 """
@@ -13,13 +15,41 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows: lo ≤ v ≤ hi (lo < v when `lo_open`); None = unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    why: str = ""  # appended to the error, when the bound has a reason worth saying
+
+    def check(self, value: float, key: str) -> None:
+        low_ok = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        if low_ok and (self.hi is None or value <= self.hi):
+            return
+        if self.hi is None:
+            want = f"must be {'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            want = f"must lie in [{self.lo:g}, {self.hi:g}]"
+        raise ConfigError(f"{key}: {want}, got {value!r}" + (f" ({self.why})" if self.why else ""))
+
+
+PositiveInt = Annotated[int, Range(0, lo_open=True)]
+NonNegInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, lo_open=True)]
+NonNegFloat = Annotated[float, Range(0)]
+UnitFloat = Annotated[float, Range(0, 1)]
+GroupSize = Annotated[int, Range(2, why="GRPO needs at least 2 completions per prompt")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,9 +62,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    synthetic_train: int = 4000  # synthetic records generated for training (tiny recipe)
-    synthetic_eval: int = 200  # held-out synthetic records for evaluation
-    synthetic_image_px: int = 64  # side of the square synthetic images
+    synthetic_train: NonNegInt = 4000  # synthetic records generated for training (tiny recipe)
+    synthetic_eval: NonNegInt = 200  # held-out synthetic records for evaluation
+    synthetic_image_px: PositiveInt = 64  # side of the square synthetic images
     seed: int = 0
 
 
@@ -43,29 +73,29 @@ class SFTStageConfig:
     enabled: bool = True
     mixture: dict[str, float] = field(default_factory=dict)  # dataset name or JSONL path → weight
     answer_format: Literal["plain", "think_answer"] = "plain"  # see medmo_rl/prompts.py
-    batch_size: int = 16  # per optimizer micro-step, summed over workers
-    grad_accum: int = 1
-    lr: float = 1e-3
+    batch_size: PositiveInt = 16  # per optimizer micro-step, summed over workers
+    grad_accum: PositiveInt = 1
+    lr: NonNegFloat = 1e-3
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
-    epochs: float = 1.0
-    max_steps: int = 0  # optimizer steps; 0 → derived from epochs
-    max_pixels: int = 768 * 768  # images are resized to at most this many pixels
-    max_seq_len: int = 2048  # longer examples are skipped and counted
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    grad_clip: float = 1.0
+    warmup_ratio: UnitFloat = 0.1
+    epochs: NonNegFloat = 1.0
+    max_steps: NonNegInt = 0  # optimizer steps; 0 → derived from epochs
+    max_pixels: PositiveInt = 768 * 768  # images are resized to at most this many pixels
+    max_seq_len: PositiveInt = 2048  # longer examples are skipped and counted
+    weight_decay: NonNegFloat = 0.1
+    adam_beta1: UnitFloat = 0.9
+    adam_beta2: UnitFloat = 0.999
+    grad_clip: NonNegFloat = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
-    save_every_steps: int = 500
-    log_every_steps: int = 10
+    save_every_steps: NonNegInt = 500
+    log_every_steps: PositiveInt = 10
 
 
 @dataclass(frozen=True)
 class SFTConfig:
-    num_workers: int = 2  # Ray Train workers
-    cpus_per_worker: float = 1.0
+    num_workers: PositiveInt = 2  # Ray Train workers
+    cpus_per_worker: NonNegFloat = 1.0
     use_gpu: bool = False
     stage1: SFTStageConfig = field(default_factory=SFTStageConfig)
     stage2: SFTStageConfig = field(default_factory=SFTStageConfig)
@@ -74,29 +104,29 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    num_workers: int = 1  # vLLM rollout actors; scaled independently of the learners
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    tensor_parallel_size: int = 1
+    num_workers: PositiveInt = 1  # vLLM rollout actors; scaled independently of the learners
+    cpus_per_worker: NonNegFloat = 1.0
+    gpus_per_worker: NonNegFloat = 0.0
+    tensor_parallel_size: PositiveInt = 1
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    max_model_len: int = 4096
-    kv_cache_gib: float = 1.0  # KV cache on CPU (kv_cache_memory_bytes); GPUs use gpu_memory_utilization
-    gpu_memory_utilization: float = 0.5
-    max_num_seqs: int = 64
-    max_images_per_prompt: int = 1
-    max_pixels: int = 1280 * 1280
-    temperature: float = 1.0
-    top_p: float = 1.0
-    probe_tolerance: float = 1e-4  # max |Δ logprob| between engine and learner after a weight push
+    max_model_len: PositiveInt = 4096
+    kv_cache_gib: PositiveFloat = 1.0  # KV cache on CPU (kv_cache_memory_bytes); GPUs use gpu_memory_utilization
+    gpu_memory_utilization: UnitFloat = 0.5
+    max_num_seqs: PositiveInt = 64
+    max_images_per_prompt: PositiveInt = 1
+    max_pixels: PositiveInt = 1280 * 1280
+    temperature: NonNegFloat = 1.0
+    top_p: UnitFloat = 1.0
+    probe_tolerance: UnitFloat = 1e-4  # max |Δ logprob| between engine and learner after a weight push
     enforce_eager: bool = True
 
 
 @dataclass(frozen=True)
 class BBoxRewardConfig:
-    w_l1: float = 5.0  # App. A.1 pair-score weight
-    w_giou: float = 2.0
-    lambda_fn: float = 0.0  # App. A.1: penalties default 0
-    lambda_fp: float = 0.0
+    w_l1: NonNegFloat = 5.0  # App. A.1 pair-score weight
+    w_giou: NonNegFloat = 2.0
+    lambda_fn: NonNegFloat = 0.0  # App. A.1: penalties default 0
+    lambda_fp: NonNegFloat = 0.0
     square: bool = False  # Sec. 3.5.1 squares the clipped reward; App. eq. 12 does not
 
 
@@ -106,52 +136,52 @@ class RewardConfig:
     w_bbox: float = 1.0
     w_tag_count: float = 1.0
     w_overlong: float = 1.0
-    overlong_cache_tokens: int = 512  # DAPO's L_cache
-    max_completion_tokens: int = 1024  # DAPO's L_max (kept equal to rl.max_completion_tokens)
+    overlong_cache_tokens: NonNegInt = 512  # DAPO's L_cache
+    max_completion_tokens: PositiveInt = 1024  # DAPO's L_max (kept equal to rl.max_completion_tokens)
     bbox: BBoxRewardConfig = field(default_factory=BBoxRewardConfig)
     service: Literal["uvicorn", "serve", "url"] = "uvicorn"  # how the RL stage gets its reward service
     url: str = ""  # used when service == "url"
-    replicas: int = 1
-    cpus_per_replica: float = 0.25
-    timeout_s: float = 30.0
-    retries: int = 3
-    max_concurrency: int = 8
-    max_failed_fraction: float = 0.5  # stop the run when more scoring fails than this
+    replicas: PositiveInt = 1
+    cpus_per_replica: NonNegFloat = 0.25
+    timeout_s: NonNegFloat = 30.0
+    retries: NonNegInt = 3
+    max_concurrency: PositiveInt = 8
+    max_failed_fraction: UnitFloat = 0.5  # stop the run when more scoring fails than this
 
 
 @dataclass(frozen=True)
 class RLConfig:
     enabled: bool = True
-    num_generations: int = 8  # G
-    eps_low: float = 0.15  # DAPO clip-higher, lower bound (paper: "epsilon")
-    eps_high: float = 0.25  # upper bound (paper: "epsilon_high")
-    epochs: float = 2.0
-    max_steps: int = 0  # 0 → derived from epochs
-    batch_size: int = 2  # completions per micro-batch per learner (TRL's per_device_train_batch_size)
-    grad_accum: int = 4  # micro-batches per optimizer step
-    mini_batches: int = 1  # optimizer steps per rollout batch (>1: later ones are off-policy, clipping bites)
-    prompts_per_step: int = 0  # 0 → batch_size · grad_accum · mini_batches · num_learners / num_generations
-    lr: float = 1e-6
+    num_generations: GroupSize = 8  # G
+    eps_low: UnitFloat = 0.15  # DAPO clip-higher, lower bound (paper: "epsilon")
+    eps_high: NonNegFloat = 0.25  # upper bound (paper: "epsilon_high")
+    epochs: NonNegFloat = 2.0
+    max_steps: NonNegInt = 0  # 0 → derived from epochs
+    batch_size: PositiveInt = 2  # completions per micro-batch per learner (TRL's per_device_train_batch_size)
+    grad_accum: PositiveInt = 4  # micro-batches per optimizer step
+    mini_batches: PositiveInt = 1  # optimizer steps per rollout batch (>1: later ones are off-policy, clipping bites)
+    prompts_per_step: NonNegInt = 0  # 0 → batch_size · grad_accum · mini_batches · num_learners / num_generations
+    lr: NonNegFloat = 1e-6
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    grad_clip: float = 1.0
+    warmup_ratio: UnitFloat = 0.1
+    weight_decay: NonNegFloat = 0.1
+    adam_beta1: UnitFloat = 0.9
+    adam_beta2: UnitFloat = 0.999
+    grad_clip: NonNegFloat = 1.0
     freeze_vision: bool = False  # train the language model only (the vision tower keeps its SFT weights)
-    max_prompt_tokens: int = 2048
-    max_completion_tokens: int = 1024
+    max_prompt_tokens: PositiveInt = 2048
+    max_completion_tokens: PositiveInt = 1024
     mask_truncated: bool = False
     scale_advantages: bool = True  # eq. 5's ÷ group std; False: Dr. GRPO's A = R − mean (see algos.group_advantages)
     kl_type: Literal["none", "k1", "k3"] = "none"
-    kl_coef: float = 0.0  # β
+    kl_coef: NonNegFloat = 0.0  # β
     dynamic_sampling: bool = True
-    max_extra_rounds: int = 2  # extra generation rounds to refill dropped zero-std groups
-    num_learners: int = 2
-    cpus_per_learner: float = 1.0
+    max_extra_rounds: NonNegInt = 2  # extra generation rounds to refill dropped zero-std groups
+    num_learners: PositiveInt = 2
+    cpus_per_learner: NonNegFloat = 1.0
     use_gpu: bool = False
     bf16: bool = False
-    checkpoint_every: int = 10
+    checkpoint_every: PositiveInt = 10
     train_set: str = "synthetic_grounding"  # dataset name or JSONL path of RL prompts
     answer_format: Literal["plain", "think_answer"] = "think_answer"
 
@@ -159,7 +189,7 @@ class RLConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     address: str = "auto"  # "auto": RAY_ADDRESS (set by ray job submit) if set, else a new local cluster; or an address
-    num_cpus: int = 8  # logical CPUs of a LOCAL cluster (ENVIRONMENT.md item 13)
+    num_cpus: PositiveInt = 8  # logical CPUs of a LOCAL cluster: more than 2 cores, so learners, rollout and rewards all fit
     allow_local: bool = True
 
 
@@ -167,7 +197,7 @@ class ClusterConfig:
 class EvalConfig:
     enabled: bool = True
     benchmarks: tuple[str, ...] = ("synthetic_eval_grounding",)
-    limit: int = 200
+    limit: NonNegInt = 200
     models: tuple[str, ...] = ("base", "sft", "rl")  # which of the run's models to evaluate
 
 
@@ -195,6 +225,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if typing.get_origin(tp) is Annotated:
+        value = _coerce(value, typing.get_args(tp)[0], key)
+        for bound in tp.__metadata__:
+            if isinstance(bound, Range):
+                bound.check(value, key)
+        return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -243,7 +279,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -252,34 +288,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"unknown key {dotted!r}; allowed keys here: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     cfg = cls(**kwargs)
-    _check_ranges(cfg, prefix)
+    _check_relations(cfg, prefix)
     return cfg
 
 
-_POSITIVE = {"batch_size", "grad_accum", "mini_batches", "num_generations", "num_workers", "num_learners", "max_model_len",
-             "max_completion_tokens", "max_prompt_tokens", "replicas", "max_num_seqs", "num_cpus",
-             "max_seq_len", "max_pixels", "synthetic_image_px", "tensor_parallel_size"}
-_NONNEG = {"lr", "warmup_ratio", "weight_decay", "grad_clip", "kl_coef", "epochs", "max_steps", "timeout_s",
-           "retries", "max_extra_rounds", "cpus_per_worker", "gpus_per_worker", "cpus_per_learner",
-           "overlong_cache_tokens", "lambda_fn", "lambda_fp", "w_l1", "w_giou", "limit"}
-_UNIT = {"eps_low", "warmup_ratio", "max_failed_fraction", "probe_tolerance", "gpu_memory_utilization",
-         "adam_beta1", "adam_beta2", "top_p"}
-
-
-def _check_ranges(cfg: Any, prefix: str) -> None:
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        dotted = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in _POSITIVE and v <= 0:
-            raise ConfigError(f"{dotted}: must be > 0, got {v!r}")
-        if f.name in _NONNEG and v < 0:
-            raise ConfigError(f"{dotted}: must be >= 0, got {v!r}")
-        if f.name in _UNIT and not 0 <= v <= 1:
-            raise ConfigError(f"{dotted}: must lie in [0, 1], got {v!r}")
-    if isinstance(cfg, RLConfig) and cfg.num_generations < 2:
-        raise ConfigError(f"{prefix}.num_generations: GRPO needs at least 2 completions per prompt, got {cfg.num_generations}")
+def _check_relations(cfg: Any, prefix: str) -> None:
+    """Constraints between fields (a field's own range is in its type)."""
     if isinstance(cfg, RunConfig) and cfg.reward.max_completion_tokens != cfg.rl.max_completion_tokens:
         raise ConfigError(
             f"reward.max_completion_tokens ({cfg.reward.max_completion_tokens}) must equal rl.max_completion_tokens "

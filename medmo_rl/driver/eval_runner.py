@@ -17,6 +17,7 @@ from pathlib import Path
 from medmo_rl.benchmarks import (DEFAULT_DATA_ROOT, BenchResult, load_benchmark, markdown_table, score_benchmark,
                                  write_overlays)
 from medmo_rl.config import RolloutConfig
+from medmo_rl.metrics_log import strict_json
 from medmo_rl.records import SamplingSpec
 from rollout.worker import RolloutWorker
 
@@ -28,6 +29,7 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], out_dir: Path, *, lim
     out_dir.mkdir(parents=True, exist_ok=True)
     # in-process engine: ~5 s to start instead of ~20 s in multi-process mode, and no extra processes
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # start-up INFO per model buries the results
     worker = RolloutWorker(str(model_dir), rollout_cfg or RolloutConfig(max_model_len=4096), seed=0)
     results = []
     try:
@@ -47,7 +49,7 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], out_dir: Path, *, lim
             results.append(r)
     finally:
         worker.shutdown()
-    (out_dir / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    (out_dir / "results.json").write_text(strict_json([r.__dict__ for r in results], indent=2))
     (out_dir / "results.md").write_text(markdown_table(results) + "\n")
     return results
 

@@ -14,7 +14,6 @@ so rerunning the same command after a crash or a kill continues where the run st
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from medmo_rl.driver.eval_runner import evaluate
 from medmo_rl.driver.learner_group import LearnerGroup
 from medmo_rl.driver.reward_service import RewardService
 from medmo_rl.driver.rl_loop import total_steps, train_rl
-from medmo_rl.metrics_log import MetricsWriter, read_metrics
+from medmo_rl.metrics_log import MetricsWriter, read_metrics, strict_json
 from medmo_rl.plots import reward_curve
 from medmo_rl.probe import make_probe
 from medmo_rl.schema import load_samples
@@ -180,7 +179,7 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
                          f"metrics: */metrics.jsonl, TensorBoard: */tensorboard")
     text = summary.markdown()
     (run_dir / "summary.md").write_text(text)
-    (run_dir / "summary.json").write_text(json.dumps({"stage_seconds": summary.stage_seconds, "evals": summary.evals,
+    (run_dir / "summary.json").write_text(strict_json({"stage_seconds": summary.stage_seconds, "evals": summary.evals,
                                                       "rl": summary.rl, "final_model": str(policy)}, indent=1))
     print("\n" + text)
     return 0

