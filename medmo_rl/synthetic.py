@@ -13,7 +13,9 @@ From the same image the generator makes records of every task in the schema:
   text_qa    fixed medical facts, no image
 
 Record i depends only on (seed, i), so any subset is reproducible on its own.
-The measured recipe this follows is in ENVIRONMENT.md ("A tiny Qwen3-VL CAN learn grounding").
+The recipe follows one measured to work on 2 CPU cores: 64 px grey noisy images, one bright ellipse or
+rectangle of 15–50 % of the side, integer 0–1000 boxes (a 0.87M-parameter Qwen3-VL reached greedy
+mean IoU 0.87 on 200 held-out images after 3000 steps of lr 1e-3).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 Builds, with no network and in seconds: a `Qwen3VLForConditionalGeneration` with random weights
 (text hidden 128, 2 layers, 4 heads of dim 32, 2 KV heads; vision depth 2, hidden 64, patch 16,
-merge 2 — sizes ENVIRONMENT.md measured to learn grounding on 2 CPU cores), a byte-level BPE
+merge 2 — sizes measured to learn grounding on 2 CPU cores in minutes), a byte-level BPE
 tokenizer trained on a generated corpus with the Qwen special tokens and a chat template, and a
 Qwen3-VL processor; all saved with `save_pretrained`, so transformers and vLLM load the folder
 like any real checkpoint. Same seed → byte-identical weights and tokenizer.

@@ -242,7 +242,7 @@ class RolloutPool:
             return report
 
     def shutdown(self) -> None:
-        """Stop every engine, then every actor (engines first: ENVIRONMENT.md 8)."""
+        """Stop every engine, then every actor (engines first: ray.kill of an actor whose engine still runs leaks its /dev/shm segments)."""
         with self._lock:
             slots, self._slots = self._slots, []
         _stop_actors([s.actor for s in slots])

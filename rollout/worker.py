@@ -260,7 +260,7 @@ class RolloutWorker:
             # travel as RPC arguments, so go through a safetensors file vLLM's loader shards itself.
             self._reload_from_file(named)
         # Stale vision embeddings / KV blocks from the old weights: without these resets the next
-        # image request dies with "Encoder cache miss" (ENVIRONMENT.md 4).
+        # image request dies with "Encoder cache miss".
         self.llm.llm_engine.reset_encoder_cache()
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("prefix cache could not be reset (requests still running)")

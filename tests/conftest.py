@@ -1,4 +1,4 @@
-"""Shared fixtures. Everything a test writes goes under one test-owned folder (ENVIRONMENT.md 11)."""
+"""Shared fixtures. Everything a test writes goes under one test-owned folder (vLLM, Ray and multiprocessing write to /tmp, ~/.cache/vllm, ~/.ray and /dev/shm otherwise)."""
 from __future__ import annotations
 
 import os
