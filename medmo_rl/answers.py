@@ -1,6 +1,8 @@
 """What a completion answers, and whether that is the reference's answer — the ONE home of
-answer matching, used by the reward (`rewards.accuracy`, `rewards.parsing`) and by the eval
-(`medmo_rl.benchmarks`), so the two can never score the same (completion, reference) differently.
+answer normalisation and matching, used by the reward (`rewards.accuracy`, `rewards.parsing`) and
+by the eval (`medmo_rl.benchmarks`: closed accuracy is `label_accuracy`, the open-answer metrics of
+`medmo_rl.metrics` compare `normalize_answer` forms), so the two score a (completion, reference)
+pair alike.
 
 Parse a completion ONCE into the form every reward reads, and coerce a reference to a `Sample`.
 
@@ -17,7 +19,8 @@ Label accuracy (MedMO Fig. 2):
 
 The answer is read from the completion by `parse_completion` (last <answer> body,
 else the text after the reasoning). Text is compared after `normalize_answer`: lowercase,
-punctuation → space, articles (a, an, the) dropped, whitespace collapsed (SQuAD-style).
+punctuation → space, articles (a, an, the) dropped, whitespace collapsed. SQuAD deletes the
+punctuation instead; here "x-ray" is "x ray" and "(C)" is "c".
 Rules, first that applies, each giving 1.0 or 0.0 unless said otherwise:
 
 1. grounding: the fraction of the reference's unique (normalized, non-empty) labels that the
@@ -93,7 +96,8 @@ NO_LABELS_ACCURACY = 0.5
 
 
 def normalize_answer(text: str) -> str:
-    """lowercase → punctuation to spaces → drop articles → collapse whitespace."""
+    """lowercase → punctuation to spaces → drop articles → collapse whitespace:
+    "The Left-Lung, (PA)!" → "left lung pa", "X-ray" → "x ray" (SQuAD would give "xray")."""
     text = _PUNCT.sub(" ", text.lower())
     return " ".join(_ARTICLES.sub(" ", text).split())
 

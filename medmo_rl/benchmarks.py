@@ -15,10 +15,10 @@ cannot download: they are reported as skipped, with what to supply (medmo_rl.met
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medmo_rl import grounding
 from medmo_rl import metrics as M
 from medmo_rl.answers import label_accuracy, parse_completion
 from medmo_rl.boxes import is_valid_box, to_pixels
@@ -65,22 +65,22 @@ def load_benchmark(name: str, *, data_root: Path, data_cfg=None, cache_dir: Path
 
 
 def score_benchmark(samples: list[Sample], completions: list[str | None]) -> dict[str, float]:
-    """Metrics per task family present in the benchmark; None completions (engine errors) count as wrong."""
+    """Metrics per task family present in the benchmark; None completions (engine errors) count as wrong.
+
+    grounding/*: `medmo_rl.grounding` (Hungarian IoU, mAP@0.5, parse rate, the reward's label
+    accuracy); closed/accuracy (MCQ, yes/no with choices): `answers.label_accuracy`, the reward's
+    accuracy; open/*: `metrics.open_recall` / `exact_match_rate` on `answers.normalize_answer`.
+    """
     out: dict[str, float] = {}
     pairs = [(s, c or "") for s, c in zip(samples, completions)]
-    ground = [(s, parse_completion(c)) for s, c in pairs if s.task == "grounding"]
+    ground = [(s, c) for s, c in pairs if s.task == "grounding"]
     if ground:
-        preds, gts, labels, gt_labels = [], [], [], []
-        for s, p in ground:
-            size = s.image_size or (1, 1)
-            valid = [(to_pixels(b, size), lab) for b, lab in zip(p.boxes.boxes, p.boxes.labels) if is_valid_box(b)]
-            preds.append([b for b, _ in valid])
-            labels.append([lab for _, lab in valid])
-            gts.append(list(s.boxes))
-            gt_labels.append(list(s.labels))
-        out["grounding/mean_iou"] = M.mean_iou(preds, gts)
-        out["grounding/map50"] = M.map50(preds, labels, gts, gt_labels)
-        out["grounding/parse_rate"] = sum(bool(p.boxes.boxes) for _, p in ground) / len(ground)
+        g_samples = [s for s, _ in ground]
+        g = grounding.summarize(g_samples, grounding.score_images(g_samples, [c for _, c in ground]))
+        out["grounding/mean_iou"] = g.mean_iou
+        out["grounding/map50"] = g.map50
+        out["grounding/parse_rate"] = g.parse_rate
+        out["grounding/label_accuracy"] = g.label_accuracy
     closed = [(s, c) for s, c in pairs if s.task in ("vqa", "text_qa") and s.choices]
     if closed:
         out["closed/accuracy"] = sum(label_accuracy(c, s) for s, c in closed) / len(closed)
@@ -116,7 +116,7 @@ def write_overlays(samples: list[Sample], completions: list[str | None], out_dir
             d.rectangle([c_ * scale for c_ in b], outline=(0, 220, 0), width=2)
         for b in parse_completion(c or "").boxes.boxes:
             px = to_pixels(b, s.image_size or im.size)
-            if all(math.isfinite(v) for v in px) and px[2] > px[0] and px[3] > px[1]:
+            if is_valid_box(px):
                 d.rectangle([v * scale for v in px], outline=(230, 0, 0), width=2)
         p = out_dir / f"{s.id.replace('/', '_')}.png"
         im.save(p)

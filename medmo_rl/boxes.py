@@ -10,15 +10,19 @@ Two output forms are parsed:
   (several ``label <box>...</box>`` segments may follow each other);
 - Qwen3-VL's ```json [{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]``` (fenced or bare).
 Malformed output parses to no boxes plus a reason; parsing never raises.
-Pure: no torch, no I/O — the reward service imports this.
+
+Box geometry lives here too, once, for the reward, the eval and SFT's evaluation:
+`valid_box_mask` / `is_valid_box` (which boxes count) and `iou_terms` / `iou_matrix` / `box_iou`.
+Pure: numpy only, no torch, no I/O — the reward service imports this.
 """
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
 
 Box = tuple[float, float, float, float]
 
@@ -167,6 +171,45 @@ def parse_boxes(text: object) -> ParsedBoxes:
     return ParsedBoxes((), (), "none", "no <box>...</box> or bbox_2d found")
 
 
+def valid_box_mask(boxes: np.ndarray) -> np.ndarray:
+    """[n, 4] XYXY → [n] bool, the one validity rule of the project: a box is valid when
+        all four coordinates are finite,  x2 > x1,  y2 > y1,  (x2 − x1)·(y2 − y1) finite and > 0.
+    The area test catches boxes whose finite sides multiply to 0 (underflow) or inf (overflow).
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    with np.errstate(over="ignore", invalid="ignore"):  # garbage boxes overflow; they come out invalid
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
+
+
 def is_valid_box(box: Sequence[float]) -> bool:
-    """Finite coordinates with positive width and height."""
-    return len(box) == 4 and all(math.isfinite(c) for c in box) and box[2] > box[0] and box[3] > box[1]
+    """`valid_box_mask` of one box of 4 numbers (any other length is invalid)."""
+    return len(box) == 4 and bool(valid_box_mask(np.asarray(box, dtype=np.float64))[0])
+
+
+def iou_terms(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and union areas of XYXY boxes a, b, elementwise over broadcastable [..., 4]:
+        |a ∩ b| = max(min(ax2, bx2) − max(ax1, bx1), 0) · max(min(ay2, by2) − max(ay1, by1), 0)
+        |a ∪ b| = |a| + |b| − |a ∩ b|,     |a| = max(ax2 − ax1, 0) · max(ay2 − ay1, 0)
+    Continuous coordinates (no +1 pixel). IoU = |a ∩ b| / |a ∪ b|; rewards.bbox builds GIoU on
+    these same two terms.
+    """
+    iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0)
+    ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0)
+    inter = iw * ih
+    area_a = np.maximum(a[..., 2] - a[..., 0], 0.0) * np.maximum(a[..., 3] - a[..., 1], 0.0)
+    area_b = np.maximum(b[..., 2] - b[..., 0], 0.0) * np.maximum(b[..., 3] - b[..., 1], 0.0)
+    return inter, area_a + area_b - inter
+
+
+def iou_matrix(preds: Sequence[Sequence[float]], gts: Sequence[Sequence[float]]) -> np.ndarray:
+    """[P, G] float64: IoU_ij = |p_i ∩ g_j| / |p_i ∪ g_j| (`iou_terms`), 0 where the union is empty."""
+    p = np.asarray(preds, dtype=np.float64).reshape(-1, 1, 4)
+    g = np.asarray(gts, dtype=np.float64).reshape(1, -1, 4)
+    inter, union = iou_terms(p, g)
+    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two XYXY boxes: `iou_matrix` of one pair."""
+    return float(iou_matrix([a], [b])[0, 0])

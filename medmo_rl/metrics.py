@@ -1,7 +1,10 @@
 """Evaluation metrics of the MedMO benchmarks (paper Tables 1–3) as pure functions.
 
-  QA / VQA (Table 1):   closed_accuracy (closed VQA, MCQ), open_recall, exact_match_rate
-  grounding (Table 3):  box_iou, matched_iou / mean_iou (Hungarian), map50 (COCO-style AP@0.5)
+  QA / VQA (Table 1):   open_recall, exact_match_rate on `medmo_rl.answers.normalize_answer`,
+                        the reward's rule; closed VQA and MCQ are scored by
+                        `medmo_rl.answers.label_accuracy`, the reward's accuracy itself
+  grounding (Table 3):  matched_iou / mean_iou (Hungarian), map50 (COCO-style AP@0.5), on the
+                        IoU of `medmo_rl.boxes`; hungarian_match, the project's one matcher
   reports (Table 2):    rouge_l, bleu, cider_d  (pycocoevalcap 1.2 formulas, no Java);
                         rate_score, semb_score  (need models: hooks that report Skipped)
 Strings and numbers in, floats out; no I/O, no torch. numpy + scipy (Hungarian) only.
@@ -12,28 +15,20 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from medmo_rl.answers import normalize_answer
+from medmo_rl.boxes import iou_matrix
 
 Box = Sequence[float]  # (x1, y1, x2, y2), any consistent unit
 Refs = Sequence["str | Sequence[str]"]
 
-# --- text normalisation ----------------------------------------------------------------------
-
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 normalisation: lowercase, punctuation → removed, articles a/an/the removed,
-    whitespace collapsed. "The Left lung." → "left lung"."""
-    text = _PUNCT.sub("", text.lower())
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
+# --- tokens ----------------------------------------------------------------------------------
 
 _CAPTION_TOKEN = re.compile(r"[a-z0-9]+(?:[-'./][a-z0-9]+)*")
 
@@ -57,55 +52,13 @@ def _check_parallel(preds: Sequence, refs: Sequence) -> None:
 
 
 # --- QA and VQA ------------------------------------------------------------------------------
-
-_LETTER = re.compile(r"^\s*\(?([A-J])(?:[.):]|\)?\s*$)")
-
-
-def choice_index(text: str, choices: Sequence[str]) -> int | None:
-    """Which option `text` picks, or None. In order:
-    1. a leading option letter: "B", "B.", "(B)", "B)", "B: ...", "B. text";
-    2. the normalised text equals one option's normalised text;
-    3. options whose normalised text occurs as whole words in the text: the earliest occurrence
-       wins, the longest option on a tie ("yes, no effusion" → "yes").
-    """
-    m = _LETTER.match(text)
-    if m and ord(m.group(1)) - ord("A") < len(choices):
-        return ord(m.group(1)) - ord("A")
-    norm = normalize_answer(text)
-    options = [normalize_answer(c) for c in choices]
-    if norm in options:
-        return options.index(norm)
-    hits = []
-    for i, opt in enumerate(options):
-        found = re.search(rf"(?<!\S){re.escape(opt)}(?!\S)", norm) if opt else None
-        if found:
-            hits.append((found.start(), -len(opt), i))
-    return min(hits)[2] if hits else None
-
-
-def closed_correct(pred: str, ref: str, choices: Sequence[str] = ()) -> bool:
-    """With choices: choice_index(pred) == choice_index(ref) (not None). Without: the normalised
-    prediction equals the normalised reference or starts with it as whole words
-    ("yes, there is" is correct for "yes")."""
-    if choices:
-        picked = choice_index(pred, choices)
-        return picked is not None and picked == choice_index(ref, choices)
-    p, r = normalize_answer(pred), normalize_answer(ref)
-    return bool(r) and (p == r or p.startswith(r + " "))
-
-
-def closed_accuracy(preds: Sequence[str], refs: Sequence[str],
-                    choices: Sequence[Sequence[str]] | None = None) -> float:
-    """Closed-VQA / MCQ accuracy = (1/N) Σ_i closed_correct(pred_i, ref_i, choices_i).
-    choices: per item options (empty for free closed answers); None → all empty."""
-    _check_parallel(preds, refs)
-    choices = choices if choices is not None else [()] * len(preds)
-    return sum(closed_correct(p, r, c) for p, r, c in zip(preds, refs, choices)) / len(preds)
-
+# Text is compared after answers.normalize_answer, the reward's rule: lowercase, punctuation →
+# SPACE (not deleted as in SQuAD: "x-ray" is the two tokens "x ray"), articles dropped.
 
 def token_recall(pred: str, ref: str) -> float:
-    """|tokens(ref) ∩ tokens(pred)| / |tokens(ref)| on normalised tokens, as multisets
-    (LLaVA-Med's open-question recall). A reference with no token left: exact match."""
+    """|tokens(ref) ∩ tokens(pred)| / |tokens(ref)| as multisets, tokens = normalize_answer(·).split()
+    (LLaVA-Med's open-question recall; "x-ray" is two tokens). A reference with no token left:
+    exact match."""
     ref_tokens = normalize_answer(ref).split()
     if not ref_tokens:
         return float(not normalize_answer(pred))
@@ -120,41 +73,32 @@ def open_recall(preds: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def exact_match_rate(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """(1/N) Σ_i [normalize_answer(pred_i) == normalize_answer(ref_i)]."""
+    """(1/N) Σ_i [normalize_answer(pred_i) == normalize_answer(ref_i)] (answers.normalize_answer)."""
     _check_parallel(preds, refs)
     return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)) / len(preds)
 
 
 # --- grounding -------------------------------------------------------------------------------
 
-def box_iou(a: Box, b: Box) -> float:
-    """IoU = area(a ∩ b) / area(a ∪ b) for XYXY boxes in continuous coordinates (no +1);
-    0 when the union is empty."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0) + max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def iou_matrix(preds: Sequence[Box], gts: Sequence[Box]) -> np.ndarray:
-    """[P, G] matrix of box_iou."""
-    return np.array([[box_iou(p, g) for g in gts] for p in preds], dtype=np.float64).reshape(len(preds), len(gts))
+def hungarian_match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one matching of a [P, G] cost matrix (Kuhn–Munkres, via scipy's
+    linear_sum_assignment): rows, cols [min(P, G)] with rows ascending and
+        Σ_k cost[rows_k, cols_k] = min over injective matchings of min(P, G) pairs.
+    The project's one matcher: matched_iou (so the grounding scorer) and rewards.bbox's scipy path."""
+    return linear_sum_assignment(np.asarray(cost, dtype=np.float64))
 
 
 def matched_iou(preds: Sequence[Box], gts: Sequence[Box]) -> float:
-    """Mean IoU after one-to-one Hungarian matching (scipy linear_sum_assignment on 1 − IoU):
+    """Mean IoU after one-to-one Hungarian matching (`hungarian_match` on 1 − IoU):
         (1/|G|) Σ_{(p,g) ∈ M} IoU(p, g)
     Unmatched ground-truth boxes count 0; extra predictions are not penalised (they are
     what mAP is for). No ground truth: 1.0 if no prediction either, else 0.0."""
-    from scipy.optimize import linear_sum_assignment
-
     if not gts:
         return 0.0 if preds else 1.0
     if not preds:
         return 0.0
     ious = iou_matrix(preds, gts)
-    rows, cols = linear_sum_assignment(1.0 - ious)
+    rows, cols = hungarian_match(1.0 - ious)
     return float(ious[rows, cols].sum()) / len(gts)
 
 
@@ -206,12 +150,12 @@ def map50(pred_boxes: Sequence[Sequence[Box]], pred_labels: Sequence[Sequence[st
             dets = [(s, b) for b, lab, s in zip(pb, pl, ps) if lab == cat]
             n_gt += len(gts)
             order = np.argsort([-s for s, _ in dets], kind="mergesort")[:max_dets]
+            ious = iou_matrix([b for _, b in dets], gts)
             taken = [False] * len(gts)
             for k in order:
-                s, box = dets[k]
+                s = dets[k][0]
                 best, match = min(iou_threshold, 1 - 1e-10), -1
-                for g, gbox in enumerate(gts):
-                    iou = box_iou(box, gbox)
+                for g, iou in enumerate(ious[k]):
                     if taken[g] or iou < best:
                         continue
                     best, match = iou, g

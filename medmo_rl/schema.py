@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from medmo_rl.boxes import is_valid_box
+
 TASKS = ("caption", "vqa", "report", "grounding", "text_qa")
 FIELDS = ("id", "task", "images", "prompt", "answer", "boxes", "labels", "choices", "image_size", "source")
 
@@ -129,7 +131,7 @@ def validate_sample(d: dict[str, Any], *, root: str | os.PathLike | None = None,
         ):
             raise SampleError(rid, f"boxes[{i}]", f"must be 4 finite numbers, got {b!r}")
         x1, y1, x2, y2 = (float(c) for c in b)
-        if x2 <= x1 or y2 <= y1:
+        if not is_valid_box((x1, y1, x2, y2)):
             raise SampleError(rid, f"boxes[{i}]", f"degenerate box {list(b)} (needs x2 > x1 and y2 > y1)")
         if image_size is None:
             raise SampleError(rid, "image_size", "required when boxes are given")

@@ -15,8 +15,9 @@ m = min(P', G') matched pairs, P'/G' the matchable boxes. Edge cases as in the p
 P = 0 → clip01(−pen). The main text (Sec. 3.5.1) squares R, App. eq. 12 does not: default no square.
 
 Departures from the paper, all for garbage input (none change a clean sample):
-- A box is matchable when its coordinates are finite, x2 > x1, y2 > y1 and its area is finite and
-  positive. An unmatchable box still counts in P (or G), so garbage is an FP (or an FN).
+- A box is matchable when `medmo_rl.boxes.is_valid_box` holds (the project's one rule: finite
+  coordinates, x2 > x1, y2 > y1, area finite and positive). An unmatchable box still counts in P
+  (or G), so garbage is an FP (or an FN).
 - Only the first MAX_MATCHED_BOXES matchable boxes per side enter the matching; the rest are
   unmatched and counted like any other FP/FN. This bounds memory and time (a 10⁴-box completion
   costs one 1000×G matching instead of a 10⁴×G one); a real completion has far fewer boxes.
@@ -31,8 +32,9 @@ Departures from the paper, all for garbage input (none change a clean sample):
 
 `bbox_reward_batch` is the vectorised path: the pairwise matrices of a whole batch in one numpy
 pass, and the matching solved per group of samples of one shape by enumerating assignments in
-numpy (≤ 6 boxes a side; scipy's Hungarian solver per sample beyond). `bbox_reward_reference` is
-the slow obvious per-sample loop with scipy's solver; tests and bench assert identical values.
+numpy (≤ 6 boxes a side; `medmo_rl.metrics.hungarian_match` per sample beyond). `bbox_reward_reference`
+is the slow obvious per-sample loop with that matcher; tests and bench assert identical values.
+Intersection and union come from `medmo_rl.boxes.iou_terms`, the eval's IoU.
 Pure: numpy + scipy, no I/O.
 """
 from __future__ import annotations
@@ -44,7 +46,9 @@ import numbers
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from medmo_rl.boxes import iou_terms, is_valid_box, valid_box_mask
+from medmo_rl.metrics import hungarian_match
 
 MATCH_W_L1 = 5.0  # App. A.1 eq. 8: matching weights, fixed by the paper
 MATCH_W_GIOU = 2.0
@@ -122,12 +126,6 @@ def _sizes(image_sizes: Sequence[Any] | None, B: int) -> tuple[np.ndarray, np.nd
 def _positive_or_one(v):
     """Elementwise: v where finite and > 0, else 1 (floats or arrays)."""
     return np.where(np.isfinite(v) & (v > 0), v, 1.0)
-
-
-def _matchable(b: np.ndarray) -> np.ndarray:
-    """[n] bool: finite, x2 > x1, y2 > y1, area finite and positive."""
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.isfinite(b).all(axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(area) & (area > 0)
 
 
 def _pair_score(l1, giou, w_l1: float, w_giou: float):
@@ -216,8 +214,8 @@ def _keep_first(ok: np.ndarray, counts: np.ndarray, limit: int) -> np.ndarray:
 
 def _batch_pass(pb, P, gb, G, wh, given, *, w_l1, w_giou, lambda_fn, lambda_fp, square) -> np.ndarray:
     B = P.size
-    p_ok = _keep_first(_matchable(pb), P, MAX_MATCHED_BOXES)
-    g_ok = _keep_first(_matchable(gb), G, MAX_MATCHED_BOXES)
+    p_ok = _keep_first(valid_box_mask(pb), P, MAX_MATCHED_BOXES)
+    g_ok = _keep_first(valid_box_mask(gb), G, MAX_MATCHED_BOXES)
     vp, vg = pb[p_ok], gb[g_ok]
     vg_seg = np.repeat(np.arange(B), G)[g_ok]
     nP = np.bincount(np.repeat(np.arange(B), P)[p_ok], minlength=B)
@@ -278,7 +276,7 @@ def _match(cost: np.ndarray, pair_start: np.ndarray, nP: np.ndarray, nG: np.ndar
     2 to _ENUM_MAX_N boxes a side are grouped by shape and every injective assignment is
     enumerated in numpy, the first minimum kept: the optimum scipy's Hungarian solver finds,
     without a Python call per sample (tests check the values agree). Larger problems:
-    scipy.optimize.linear_sum_assignment per sample.
+    hungarian_match per sample.
     """
     m = np.minimum(nP, nG)
     n_pairs = nP * nG
@@ -300,7 +298,7 @@ def _match(cost: np.ndarray, pair_start: np.ndarray, nP: np.ndarray, nG: np.ndar
         matched.append((starts[:, None] + lin[best]).ravel())
     for b in np.flatnonzero((m >= 2) & ~small):
         o = pair_start[b]
-        r, c = linear_sum_assignment(cost[o : o + nP[b] * nG[b]].reshape(nP[b], nG[b]))
+        r, c = hungarian_match(cost[o : o + nP[b] * nG[b]].reshape(nP[b], nG[b]))
         matched.append(o + r * nG[b] + c)
     return np.sort(np.concatenate(matched)) if matched else np.empty(0, dtype=np.int64)
 
@@ -310,10 +308,7 @@ def _pairwise(p: np.ndarray, g: np.ndarray, norm: np.ndarray) -> tuple[np.ndarra
     px1, py1, px2, py2 = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
     gx1, gy1, gx2, gy2 = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
     l1 = (np.abs(px1 - gx1) + np.abs(py1 - gy1) + np.abs(px2 - gx2) + np.abs(py2 - gy2)) / norm
-    iw = np.maximum(np.minimum(px2, gx2) - np.maximum(px1, gx1), 0.0)
-    ih = np.maximum(np.minimum(py2, gy2) - np.maximum(py1, gy1), 0.0)
-    inter = iw * ih
-    union = (px2 - px1) * (py2 - py1) + (gx2 - gx1) * (gy2 - gy1) - inter
+    inter, union = iou_terms(p, g)
     c = (np.maximum(px2, gx2) - np.minimum(px1, gx1)) * (np.maximum(py2, gy2) - np.minimum(py1, gy1))
     giou = inter / union - (c - union) / c
     return np.where(np.isnan(l1), np.inf, l1), np.where(np.isnan(giou), -1.0, giou)
@@ -345,18 +340,12 @@ def bbox_reward_reference(
                 out.append(None)
         return out
 
-    def matchable(b: tuple[float, ...] | None) -> bool:
-        if b is None or not all(math.isfinite(c) for c in b) or not (b[2] > b[0] and b[3] > b[1]):
-            return False
-        area = (b[2] - b[0]) * (b[3] - b[1])
-        return math.isfinite(area) and area > 0
-
     preds, gts = as_boxes(pred), as_boxes(gt)
     P, G = len(preds), len(gts)
     if G == 0:
         return NO_GT_REWARD
-    vp = [b for b in preds if matchable(b)][:MAX_MATCHED_BOXES]
-    vg = [b for b in gts if matchable(b)][:MAX_MATCHED_BOXES]
+    vp = [b for b in preds if b is not None and is_valid_box(b)][:MAX_MATCHED_BOXES]
+    vg = [b for b in gts if b is not None and is_valid_box(b)][:MAX_MATCHED_BOXES]
     size = _size_or_none(image_size)
     if size is None:
         size = (max((b[2] for b in vg), default=-math.inf), max((b[3] for b in vg), default=-math.inf))
@@ -368,14 +357,13 @@ def bbox_reward_reference(
         for j, (gx1, gy1, gx2, gy2) in enumerate(vg):
             with np.errstate(over="ignore", invalid="ignore"):  # absurd coordinates: inf/NaN, fixed below
                 d = np.float64(abs(px1 - gx1) + abs(py1 - gy1) + abs(px2 - gx2) + abs(py2 - gy2)) / norm
-                inter = max(min(px2, gx2) - max(px1, gx1), 0.0) * max(min(py2, gy2) - max(py1, gy1), 0.0)
-                union = (px2 - px1) * (py2 - py1) + (gx2 - gx1) * (gy2 - gy1) - inter
+                inter, union = iou_terms(np.array(vp[i]), np.array(vg[j]))
                 c = (max(px2, gx2) - min(px1, gx1)) * (max(py2, gy2) - min(py1, gy1))
-                g = np.float64(inter) / union - (np.float64(c) - union) / c
+                g = inter / union - (np.float64(c) - union) / c
             l1[i, j] = math.inf if math.isnan(d) else d
             giou[i, j] = -1.0 if math.isnan(g) else g
     cost = MATCH_W_L1 * np.minimum(l1, L1_COST_CAP) + MATCH_W_GIOU * (1.0 - giou)
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = hungarian_match(cost)
     scores = [float(_pair_score(l1[i, j], giou[i, j], w_l1, w_giou)) for i, j in zip(rows, cols)]
     m = len(rows)
     pen = (lambda_fn * (G - m) + lambda_fp * (P - m)) / max(1, G)

@@ -4,10 +4,11 @@
 
     ev = evaluate_grounding(ckpt_dir, "…/grounding.jsonl", limit=200)   # ev.mean_iou, ev.parse_rate
 
-Per record: the completion is parsed with medmo_rl.boxes.parse_boxes, predicted boxes (0–1000) are
-mapped to pixels with to_pixels, and the record's score is the mean over its reference boxes of
-the best IoU with any predicted box (0 when nothing parses). Parse rate: share of completions with
-at least one box.
+Scored by `medmo_rl.grounding`, the eval's own grounding scorer: the completion's answer part is
+parsed once (reasoning ignored), its 0–1000 boxes mapped to pixels and the valid ones kept; a
+record's IoU is (1/G) Σ IoU over a one-to-one Hungarian matching of predicted to reference boxes
+(unmatched reference boxes count 0; a prediction counts for one reference box at most). Parse rate:
+share of completions whose answer holds at least one box.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from medmo_rl.boxes import is_valid_box, parse_boxes, to_pixels
-from medmo_rl.metrics import matched_iou
+from medmo_rl.grounding import score_images, summarize
 from medmo_rl.prompts import load_image, render_prompt
 from medmo_rl.schema import Sample, load_samples
 
@@ -31,13 +31,9 @@ class GroundingEval:
 
 
 def score_grounding(completions: Sequence[str], samples: Sequence[Sample]) -> tuple[list[float], list[bool]]:
-    """Per-record IoU score and whether any box parsed (see module docstring)."""
-    ious, parsed = [], []
-    for text, sample in zip(completions, samples, strict=True):
-        pred = [to_pixels(b, sample.image_size) for b in parse_boxes(text).boxes if is_valid_box(b)]
-        parsed.append(bool(pred))
-        ious.append(matched_iou(pred, list(sample.boxes)))  # the same IoU as medmo_rl.benchmarks (Hungarian)
-    return ious, parsed
+    """Per-record Hungarian IoU and whether the answer holds a box (`medmo_rl.grounding.score_image`)."""
+    scores = score_images(samples, completions)
+    return [s.iou for s in scores], [s.parsed for s in scores]
 
 
 def generate_completions(model, processor, samples: Sequence[Sample], *, answer_format: str = "plain",
@@ -73,6 +69,7 @@ def evaluate_grounding(model_dir: str | os.PathLike, records: str | os.PathLike 
     processor = AutoProcessor.from_pretrained(model_dir)
     texts = generate_completions(model, processor, samples, answer_format=answer_format, max_pixels=max_pixels,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens)
-    ious, parsed = score_grounding(texts, samples)
-    return GroundingEval(mean_iou=sum(ious) / len(ious), parse_rate=sum(parsed) / len(parsed), n=len(samples),
-                         examples=tuple((s.id, t, round(v, 4)) for s, t, v in list(zip(samples, texts, ious))[:5]))
+    scores = score_images(samples, texts)
+    summary = summarize(samples, scores)
+    examples = tuple((s.id, t, round(g.iou, 4)) for s, t, g in list(zip(samples, texts, scores))[:5])
+    return GroundingEval(mean_iou=summary.mean_iou, parse_rate=summary.parse_rate, n=summary.n, examples=examples)

@@ -18,12 +18,14 @@ def test_grounding_iou_is_computed_in_pixels_from_0_1000_output():
     assert m["grounding/mean_iou"] == pytest.approx(0.75)
     assert m["grounding/parse_rate"] == 1.0
     assert m["grounding/map50"] == pytest.approx(1.0)  # both are TP at IoU >= 0.5
+    assert m["grounding/label_accuracy"] == 1.0  # both name "nodule", as the reward's accuracy reads it
 
 
 def test_engine_errors_count_as_wrong_and_invalid_boxes_are_dropped():
     s = [_g(0, (10.0, 10.0, 30.0, 30.0)), _g(1, (10.0, 10.0, 30.0, 30.0))]
     m = score_benchmark(s, [None, "nodule <box>[[300, 300, 100, 100]]</box>"])
     assert m["grounding/mean_iou"] == 0.0
+    assert m["grounding/parse_rate"] == 0.5  # the inverted box was written, so it parsed
 
 
 def test_closed_open_and_report_metrics():
@@ -47,6 +49,10 @@ def test_markdown_table_and_overlays(tmp_path):
     assert len(paths) == 1 and Image.open(paths[0]).size == (200, 200)
     px = Image.open(paths[0]).getpixel((20, 40))  # left edge of both boxes: the prediction (red) is drawn last
     assert px[0] > 200 and px[1] < 50
+    inverted = write_overlays([_g(0, (10.0, 10.0, 30.0, 30.0), str(img))], ["nodule <box>[[300, 300, 100, 100]]</box>"],
+                              tmp_path / "inv")
+    px = Image.open(inverted[0]).getpixel((20, 40))  # an invalid prediction is not drawn: the GT stays green
+    assert px[1] > 200 and px[0] < 50
     # a benchmark without boxes draws nothing and leaves no empty folder behind
     text_only = Sample(id="v0", task="vqa", prompt="Is there a lesion?", answer="yes", images=(str(img),))
     assert write_overlays([text_only], ["yes"], tmp_path / "none") == [] and not (tmp_path / "none").exists()

@@ -1,9 +1,11 @@
 import math
 import random
 
+import numpy as np
 import pytest
 
-from medmo_rl.boxes import format_boxes, format_grounding_answer, is_valid_box, parse_boxes, to_pixels, to_relative
+from medmo_rl.boxes import (box_iou, format_boxes, format_grounding_answer, iou_matrix, is_valid_box, parse_boxes,
+                            to_pixels, to_relative, valid_box_mask)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (1024, 1024), (1280, 960), (333, 777), (4000, 3000)])
@@ -80,3 +82,64 @@ def test_parser_never_raises_on_garbage():
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
         p = parse_boxes(s)
         assert len(p.boxes) == len(p.labels)
+
+
+# --- validity and IoU: the project's one rule and one formula ----------------------------------
+
+def _valid_by_hand(b):
+    finite = all(math.isfinite(c) for c in b)
+    area = (b[2] - b[0]) * (b[3] - b[1]) if finite else math.nan
+    return finite and b[2] > b[0] and b[3] > b[1] and math.isfinite(area) and area > 0
+
+
+@pytest.mark.parametrize("box, valid", [
+    ((0, 0, 1, 1), True),
+    ((0, 0, 0, 1), False),  # zero width
+    ((5, 5, 4, 10), False),  # x2 < x1
+    ((0, 0, math.inf, 1), False),
+    ((math.nan, 0, 1, 1), False),
+    ((0, 0, 1e-200, 1e-200), False),  # sides > 0 whose product underflows to 0
+    ((-1e308, 0, 1e308, 1), False),  # a side of 2e308 overflows to inf
+    ((0, 0, 1e154, 1e154), True),  # area 1e308, still finite
+    ((1, 2, 3), False),
+])
+def test_is_valid_box_edge_cases(box, valid):
+    assert is_valid_box(box) is valid
+
+
+def test_valid_box_mask_is_is_valid_box_row_by_row():
+    rng = random.Random(0)
+    pool = [0.0, 1.0, -1.0, 1e-200, 1e154, 1e308, -1e308, math.inf, -math.inf, math.nan]
+    rows = [[rng.choice(pool) if rng.random() < 0.3 else rng.uniform(-10, 10) for _ in range(4)] for _ in range(2000)]
+    mask = valid_box_mask(np.array(rows))
+    assert mask.tolist() == [_valid_by_hand(b) for b in rows] == [is_valid_box(b) for b in rows]
+    assert 0.1 < mask.mean() < 0.9  # both outcomes are exercised
+
+
+def test_box_iou_hand_computed():
+    # overlap [5,10]x[0,10] = 50; union 100 + 100 - 50 = 150
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(4 / 100)  # nested
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 0, 10), (0, 0, 0, 10)) == 0.0  # degenerate: empty union
+
+
+def _iou_by_hand(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iou_matrix_matches_a_loop(seed):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 20, (14, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(-5, 30, (14, 2))], axis=1).tolist()  # some inverted
+    preds, gts = boxes[:8], boxes[8:]
+    got = iou_matrix(preds, gts)
+    assert got.shape == (8, 6)
+    np.testing.assert_allclose(got, [[_iou_by_hand(p, g) for g in gts] for p in preds], rtol=1e-12, atol=0)
+    assert (got > 0).sum() >= 8  # real overlaps, not a matrix of zeros
+    assert iou_matrix([], gts).shape == (0, 6) and iou_matrix(preds, []).shape == (8, 0)

@@ -1,4 +1,4 @@
-"""sft/evaluate.py scoring: box IoU by hand, and the reference answers scoring (almost) 1."""
+"""sft/evaluate.py scoring: the reference answers score (almost) 1, and the IoU is the Hungarian one."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,16 +6,7 @@ import dataclasses
 import pytest
 
 from medmo_rl.schema import load_samples
-from medmo_rl.metrics import box_iou
 from sft.evaluate import score_grounding
-
-
-def test_box_iou_by_hand():
-    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)  # half overlap
-    assert box_iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(4 / 100)  # nested
-    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges
-    assert box_iou((0, 0, 0, 10), (0, 0, 0, 10)) == 0.0  # degenerate
 
 
 def test_reference_answers_score_near_one_and_garbage_zero(synthetic_dir):
@@ -28,10 +19,18 @@ def test_reference_answers_score_near_one_and_garbage_zero(synthetic_dir):
     assert ious == [0.0, 0.0, 0.0] and parsed == [False, False, False]
 
 
-def test_best_prediction_counts_per_reference_box(synthetic_dir):
+def test_one_prediction_counts_for_one_reference_box(synthetic_dir):
     s = load_samples(synthetic_dir["grounding"]).samples[0]
-    s = dataclasses.replace(s, boxes=((0.0, 0.0, 32.0, 32.0), (32.0, 32.0, 64.0, 64.0)), labels=("a", "b"),
+    # reference a = (0,0,32,32) and b = (0,0,32,16) inside it; one predicted box exactly on a.
+    # IoU(p, a) = 1, IoU(p, b) = 512/1024 = 0.5. Best IoU per reference box: (1 + 0.5)/2 = 0.75;
+    # Hungarian (one-to-one, b unmatched counts 0): (1 + 0)/2 = 0.5
+    s = dataclasses.replace(s, boxes=((0.0, 0.0, 32.0, 32.0), (0.0, 0.0, 32.0, 16.0)), labels=("a", "b"),
                             image_size=(64, 64))
-    # one exact box for the first reference, nothing near the second → (1 + 0) / 2
     ious, parsed = score_grounding(["a <box>[[0, 0, 500, 500]]</box>"], [s])
     assert ious == [pytest.approx(0.5)] and parsed == [True]
+
+
+def test_boxes_in_the_reasoning_are_not_predictions(synthetic_dir):
+    s = load_samples(synthetic_dir["grounding"]).samples[0]
+    ious, parsed = score_grounding([f"<think>{s.answer}</think>\n<answer>none</answer>"], [s])
+    assert ious == [0.0] and parsed == [False]
