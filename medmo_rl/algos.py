@@ -1,10 +1,12 @@
-"""GRPO/DAPO math (paper Sec. 3.5, eqs. 3–6; DAPO, Yu et al. 2025). Pure tensors in, tensors out.
+"""GRPO/DAPO math (paper Sec. 3.5, eqs. 3–6; DAPO, Yu et al. 2025), plus the token log-probs and
+right-padding the SFT loss and collator share with it. Pure tensors in, tensors out.
 
 No config objects, no logging, no `.item()`: the caller reduces and logs the returned stats.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -54,14 +56,27 @@ def zero_std_groups(rewards: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossStats:
-    """Detached per-batch statistics (sums over unmasked tokens, so the caller can all-reduce)."""
+    """Detached token sums of a DAPO update (STYLE: the loss returns them, the learner reduces).
 
-    tokens: torch.Tensor  # number of unmasked tokens in this micro-batch
-    clip_low_tokens: torch.Tensor  # tokens where A < 0 and r < 1 − eps_low (the clip is active)
-    clip_high_tokens: torch.Tensor  # tokens where A > 0 and r > 1 + eps_high
-    ratio_sum: torch.Tensor
-    ratio_max: torch.Tensor
-    kl_sum: torch.Tensor  # Σ per-token KL estimate (0 without a reference)
+    One name per quantity from here to metrics.jsonl: `medmo_rl.learner.LearnStats` carries the
+    per-token means of these sums under the same field names. Records add with `+` (over
+    micro-batches; `ratio_max` takes the max), so accumulating costs no device sync.
+    """
+
+    loss: torch.Tensor  # the batch's share of the loss (already ÷ num_tokens: it only adds up)
+    tokens: torch.Tensor  # unmasked tokens
+    clip_low: torch.Tensor  # tokens where A < 0 and r < 1 − eps_low (the clip is active)
+    clip_high: torch.Tensor  # tokens where A > 0 and r > 1 + eps_high
+    ratio: torch.Tensor  # Σ r_t
+    ratio_max: torch.Tensor  # max r_t (a max, not a sum; 0 without unmasked tokens)
+    kl: torch.Tensor  # Σ per-token KL estimate (0 without a reference)
+    entropy: torch.Tensor  # Σ H_t of π_θ in nats (0 unless the caller passed token entropies)
+
+    def __add__(self, other: LossStats) -> LossStats:
+        return LossStats(self.loss + other.loss, self.tokens + other.tokens, self.clip_low + other.clip_low,
+                         self.clip_high + other.clip_high, self.ratio + other.ratio,
+                         torch.maximum(self.ratio_max, other.ratio_max), self.kl + other.kl,
+                         self.entropy + other.entropy)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -90,6 +105,7 @@ def dapo_policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_type: str = "none",
     kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clip-higher, token-level DAPO policy loss — paper eq. 3 (negated, to minimise).
 
@@ -107,6 +123,7 @@ def dapo_policy_loss(
         mask: [B, T] 1 for completion tokens that count, 0 for padding / masked completions.
         eps_low, eps_high: clip range of the ratio (paper: 0.15, 0.25).
         ref_logprobs, kl_type ("none" | "k1" | "k3"), kl_coef: optional KL term of eq. 6 (β = 0 default).
+        entropy: optional [B, T] per-token entropy of π_θ, only summed into the stats.
     Returns:
         (loss scalar, LossStats of detached sums).
     """
@@ -129,17 +146,45 @@ def dapo_policy_loss(
     with torch.no_grad():
         m = mask.bool()
         stats = LossStats(
-            tokens=mask.sum().detach(),
-            clip_low_tokens=((ratio < 1.0 - eps_low) & (adv < 0) & m).sum().to(logprobs.dtype),
-            clip_high_tokens=((ratio > 1.0 + eps_high) & (adv > 0) & m).sum().to(logprobs.dtype),
-            ratio_sum=(ratio * mask).sum().detach(),
-            ratio_max=torch.where(m, ratio, torch.zeros_like(ratio)).amax().detach() if m.any() else ratio.new_zeros(()),
-            kl_sum=(kl * mask).sum().detach(),
+            loss=loss.detach(),
+            tokens=mask.sum(),
+            clip_low=((ratio < 1.0 - eps_low) & (adv < 0) & m).sum().to(logprobs.dtype),
+            clip_high=((ratio > 1.0 + eps_high) & (adv > 0) & m).sum().to(logprobs.dtype),
+            ratio=(ratio * mask).sum(),
+            # a masked max: ratios are > 0, so 0 stands for "no token" and never wins
+            ratio_max=torch.where(m, ratio, torch.zeros_like(ratio)).amax() if m.numel() else ratio.new_zeros(()),
+            kl=(kl * mask).sum(),
+            entropy=(entropy.to(mask.dtype) * mask).sum() if entropy is not None else mask.new_zeros(()),
         )
     return loss, stats
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[..., V] logits → [...] entropy H = −Σ p log p (nats)."""
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities of `tokens` (and optionally the entropy) from ONE fp32 log-softmax.
+
+        log p_t = z_t[x_t] − logsumexp_v z_t[v]          H_t = −Σ_v p_t[v] · log p_t[v]   (nats)
+
+    Args:
+        logits: [..., V] (any float dtype; computed in fp32).
+        tokens: [...] token ids, the leading shape of `logits`.
+    Returns:
+        ([...] log p_t, differentiable; [...] H_t, detached — it is a statistic — or None).
+    """
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    picked = logp.gather(-1, tokens[..., None].long())[..., 0]
+    if not with_entropy:
+        return picked, None
+    with torch.no_grad():
+        return picked, -(logp.exp() * logp).sum(dim=-1)
+
+
+def right_pad(rows: Sequence[Sequence[float] | torch.Tensor], fill: float, *, width: int | None = None,
+              dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """[B, width] with row b's values at [b, :len(row)] and `fill` after them; width defaults to
+    the longest row. Every batch of token rows here is right-padded (the SFT collator, the learner)."""
+    out = torch.full((len(rows), max((len(r) for r in rows), default=0) if width is None else width), fill,
+                     dtype=dtype)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out

@@ -158,7 +158,7 @@ class RLConfig:
     epochs: NonNegFloat = 2.0
     max_steps: NonNegInt = 0  # 0 → derived from epochs
     batch_size: PositiveInt = 2  # completions per micro-batch per learner (TRL's per_device_train_batch_size)
-    grad_accum: PositiveInt = 4  # micro-batches per optimizer step
+    grad_accum: PositiveInt = 4  # only sizes the derived prompts_per_step; the learner steps once per mini-batch
     mini_batches: PositiveInt = 1  # optimizer steps per rollout batch (>1: later ones are off-policy, clipping bites)
     prompts_per_step: NonNegInt = 0  # 0 → batch_size · grad_accum · mini_batches · num_learners / num_generations
     lr: NonNegFloat = 1e-6

@@ -5,33 +5,38 @@ them as Ray actors joined by torch.distributed: DDP over gloo on CPU, FSDP2 over
 (medmo_rl/parallel.py; the FSDP2 path is written but has not run on a GPU yet). Under FSDP2 every
 forward is collective, so weights, probe, save and load run on all ranks (LearnerGroup does so).
 
-One `train_step` = one rollout batch (this rank's shard):
-  1. old log-probs recomputed under the current weights (no grad) — π_old of eq. 4; the engine's
-     (vLLM) log-probs are kept too and their mismatch reported (≈1e-6 in fp32);
-  2. the shard is cut into `mini_batches` chunks, each ONE optimizer step made of `grad_accum`
-     micro-batches; the loss of every micro-batch is divided by the global token count of its
-     mini-batch (all ranks), then ×world_size because DDP averages gradients over ranks.
+One `train_step` = one rollout batch (this rank's shard), which LearnerGroup has cut into
+`rl.mini_batches` mini-batches, each ONE optimizer step over micro-batches of `rl.batch_size` items
+(however many the shard holds: `rl.grad_accum` only sizes the rollout batch, rl_loop.prompts_per_step):
+  1. each distinct image of the shard goes through the image processor once, and each micro-batch's
+     inputs are built once for all the forwards below;
+  2. old log-probs recomputed under the current weights (no grad) — π_old of eq. 4; the engine's
+     (vLLM) log-probs are compared with them (≈1e-6 apart in fp32) and the gap reported;
+  3. per mini-batch, forward + backward of every micro-batch (plus a reference forward when the KL
+     term is on), then the optimizer step. Each micro-batch loss is divided by the global token
+     count of its mini-batch (all ranks), then ×world_size because DDP averages gradients over ranks;
+  4. the token sums of all micro-batches (`algos.LossStats`, accumulated on the device) become
+     per-token means once: one all-gather across ranks, one copy to the host → `LearnStats`.
+A forward computes logits only from the shortest prompt's last position on (`logits_to_keep`), and
+one log-softmax gives both the log-probs and the entropy.
 """
 from __future__ import annotations
 
-import random
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
+import torch.distributed as dist
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from medmo_rl.algos import dapo_policy_loss, token_entropy
-from medmo_rl.config import RLConfig
-from medmo_rl.parallel import full_state_dict, full_state_options, grad_sync, is_fsdp, unwrap, wrap_for_training
+from medmo_rl.algos import LossStats, dapo_policy_loss, right_pad, token_logprobs
+from medmo_rl.checkpoint import load_train_state, load_weights, restore_train_state, save_checkpoint
+from medmo_rl.config import ModelConfig, RLConfig
+from medmo_rl.parallel import adamw, full_state_dict, grad_sync, optimizer_step, wrap_for_training
 from medmo_rl.probe import hf_probe_logprobs
 from medmo_rl.prompts import load_image
 from medmo_rl.records import TrainItem
 from medmo_rl.schedules import lr_multiplier
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def split_even(seq: list, parts: int) -> list[list]:
@@ -45,21 +50,77 @@ def split_even(seq: list, parts: int) -> list[list]:
     return out
 
 
+@dataclass(frozen=True)
+class LearnStats:
+    """One `train_step` over the whole global batch (all ranks), as metrics.jsonl carries it
+    (`learn/<field>`). Token statistics are per-token means of the `algos.LossStats` sums of the
+    same name."""
+
+    loss: float  # the DAPO loss (eq. 3, token-level), summed over the step's optimizer steps
+    tokens: float  # unmasked completion tokens
+    clip_low: float  # fraction of tokens where the low clip is active (A < 0, r < 1 − eps_low)
+    clip_high: float  # fraction where the high clip is active (A > 0, r > 1 + eps_high)
+    ratio: float  # mean r_t = π_θ / π_old
+    ratio_max: float
+    kl: float  # mean per-token KL estimate to the reference (0 without one)
+    entropy: float  # mean entropy of π_θ at the completion positions, nats
+    engine_logprob_mismatch: float  # mean |log π_old − log π_engine| (fp32: ≈1e-6; larger: inputs differ)
+    engine_logprob_mismatch_max: float
+    grad_norm: float  # before clipping, of the last optimizer step
+    lr: float  # the learning rate the last optimizer step used
+
+
+def learn_stats(ranks: torch.Tensor, lr: float) -> LearnStats:
+    """Rows of `_pack` (one per rank, [W, 12]) → per-token means over all of them.
+
+        clip_low = Σ_ranks clip_low / Σ_ranks tokens   (likewise clip_high, ratio, kl, entropy)
+        engine_logprob_mismatch = Σ |Δ| / Σ compared tokens;   the maxima: max over ranks
+    grad_norm is the same on every rank (gradients are all-reduced before it is taken)."""
+    sums, maxima = torch.stack([ranks.sum(0), ranks.amax(0)]).tolist()  # one copy to the host
+    loss, tokens, clip_low, clip_high, ratio, kl, entropy, gap, gap_tokens = sums[:9]
+    ratio_max, gap_max, grad_norm = maxima[9:]
+    n = max(tokens, 1.0)
+    return LearnStats(loss=loss, tokens=tokens, clip_low=clip_low / n, clip_high=clip_high / n, ratio=ratio / n,
+                      ratio_max=ratio_max, kl=kl / n, entropy=entropy / n,
+                      engine_logprob_mismatch=gap / max(gap_tokens, 1.0), engine_logprob_mismatch_max=gap_max,
+                      grad_norm=grad_norm, lr=lr)
+
+
+def _pack(s: LossStats, gap: torch.Tensor, gap_tokens: torch.Tensor, gap_max: torch.Tensor,
+          grad_norm: torch.Tensor) -> torch.Tensor:
+    """[12] on the device: the sums first, then the maxima, in `learn_stats`' order."""
+    return torch.stack([t.to(torch.float64) for t in (s.loss, s.tokens, s.clip_low, s.clip_high, s.ratio, s.kl,
+                                                        s.entropy, gap, gap_tokens, s.ratio_max, gap_max, grad_norm)])
+
+
+@dataclass(frozen=True)
+class _MicroBatch:
+    """One micro-batch, built once per train_step and fed to every forward of it (on the device)."""
+
+    inputs: dict[str, torch.Tensor]  # right-padded input_ids/attention_mask/mm_token_type_ids [B, L] + images
+    keep: int  # logits_to_keep: positions from the shortest prompt's last token to the end
+    index: torch.Tensor  # [B, T] which kept position predicts completion token t of row b
+    completion: torch.Tensor  # [B, T] sampled token ids (0 past a row's end)
+    mask: torch.Tensor  # [B, T] 1.0 on tokens that count (loss_mask), 0.0 on padding
+    advantages: torch.Tensor  # [B]
+    engine: torch.Tensor  # [B, T] the engine's log-probs
+    engine_mask: torch.Tensor  # [B, T] bool: counted and the engine reported a log-prob
+
+
 class Learner:
     def __init__(self, model_dir: str, rl: RLConfig, *, total_steps: int, max_pixels: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 42, num_threads: int = 1):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
+                 world_size: int = 1, seed: int = 42, num_threads: int = 1, dtype: str = ModelConfig.dtype):
         torch.set_num_threads(max(1, num_threads))
         torch.manual_seed(seed + rank)
         self.rl, self.rank, self.world_size, self.max_pixels = rl, rank, world_size, max_pixels
         self.total_steps = max(1, total_steps)
         self.device = torch.device("cuda", torch.cuda.current_device()) if rl.use_gpu and torch.cuda.is_available() else torch.device("cpu")
-        # FSDP2 keeps fp32 master weights and computes in bf16 (its policy); elsewhere bf16 is the weights' dtype
+        # The weights load in model.dtype. FSDP2 computes in bf16 through its mixed-precision policy
+        # when rl.bf16; elsewhere rl.bf16 makes bf16 the weights' dtype.
         fsdp = self.device.type == "cuda" and world_size > 1
-        dtype = torch.bfloat16 if rl.bf16 and not fsdp else torch.float32
+        weights_dtype = torch.bfloat16 if rl.bf16 and not fsdp else getattr(torch, dtype)
         self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=weights_dtype).to(self.device)
         self.model.train()
         if rl.freeze_vision:
             self.model.model.visual.requires_grad_(False)
@@ -74,7 +135,7 @@ class Learner:
         self.pad_id = self.processor.tokenizer.pad_token_id or 0
         self.ref_model = None
         if rl.kl_type != "none" and rl.kl_coef > 0:  # frozen, unsharded: bf16 of an 8B model is 16 GB per GPU
-            ref_dtype = torch.bfloat16 if rl.bf16 else torch.float32
+            ref_dtype = torch.bfloat16 if rl.bf16 else getattr(torch, dtype)
             self.ref_model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=ref_dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
         self.train_model: torch.nn.Module = self.model  # what forward/backward go through (DDP / FSDP2 wrapper)
@@ -84,16 +145,13 @@ class Learner:
     def _make_optimizer(self) -> None:
         """After wrapping: FSDP2 turns the parameters into DTensors, and the optimizer must hold those."""
         rl = self.rl
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=rl.lr,
-                                           betas=(rl.adam_beta1, rl.adam_beta2), weight_decay=rl.weight_decay)
+        self.optimizer = adamw(self.model, lr=rl.lr, betas=(rl.adam_beta1, rl.adam_beta2), weight_decay=rl.weight_decay)
         warmup = int(round(rl.warmup_ratio * self.total_steps * rl.mini_batches))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(rl.lr_scheduler, s, self.total_steps * rl.mini_batches, warmup))
 
     # -- wiring ----------------------------------------------------------------------------
     def init_distributed(self, master_addr: str, master_port: int) -> int:
-        import torch.distributed as dist
-
         if self.world_size > 1:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
@@ -104,113 +162,108 @@ class Learner:
         return self.rank
 
     # -- inputs ----------------------------------------------------------------------------
-    def _inputs(self, items: Sequence[TrainItem]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Right-padded batch. Returns (model inputs, completion token ids [B, T], mask [B, T]),
-        where completion position t of row b sits at input position P_b + t."""
-        images = [load_image(p, self.max_pixels) for it in items for p in it.sample.images]
-        seqs = [list(it.prompt_token_ids) + list(it.completion_token_ids) for it in items]
-        L = max(len(s) for s in seqs)
+    def _images(self, items: Sequence[TrainItem]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each distinct image → (its patches [n, D], its image_grid_thw [1, 3]): one image-processor
+        call per train_step, though the G completions of a prompt and three forwards all use it."""
+        paths = list(dict.fromkeys(p for it in items for p in it.sample.images))
+        if not paths:
+            return {}
+        pix = self.processor.image_processor(images=[load_image(p, self.max_pixels) for p in paths],
+                                             return_tensors="pt")
+        grids = pix["image_grid_thw"]
+        patches = torch.split(pix["pixel_values"], grids.prod(-1).tolist())
+        return {p: (x, grids[i : i + 1]) for i, (p, x) in enumerate(zip(paths, patches))}
+
+    def _micro_batch(self, items: Sequence[TrainItem], images: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                     ) -> _MicroBatch:
+        """Right-padded rows prompt + completion; completion token t of row b sits at input position P_b + t."""
+        prompt_lens = torch.tensor([len(it.prompt_token_ids) for it in items])
+        completion_lens = torch.tensor([len(it.completion_token_ids) for it in items])
+        ids = right_pad([list(it.prompt_token_ids) + [self.pad_id if tok in self.vision_ids else tok
+                                                       for tok in it.completion_token_ids] for it in items], self.pad_id)
+        attention = (torch.arange(ids.shape[1])[None] < (prompt_lens + completion_lens)[:, None]).long()
+        inputs = {"input_ids": ids, "attention_mask": attention, "mm_token_type_ids": (ids == self.image_token_id).long()}
+        pics = [images[p] for it in items for p in it.sample.images]
+        if pics:
+            inputs["pixel_values"] = torch.cat([x for x, _ in pics])
+            inputs["image_grid_thw"] = torch.cat([g for _, g in pics])
         T = max(1, max(len(it.completion_token_ids) for it in items))
-        ids = torch.full((len(items), L), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(items), L), dtype=torch.long)
-        comp = torch.zeros((len(items), T), dtype=torch.long)
-        mask = torch.zeros((len(items), T), dtype=torch.float32)
-        for b, (it, s) in enumerate(zip(items, seqs)):
-            P = len(it.prompt_token_ids)
-            s = s[:P] + [self.pad_id if t in self.vision_ids else t for t in s[P:]]
-            ids[b, : len(s)] = torch.tensor(s)
-            attn[b, : len(s)] = 1
-            n = len(it.completion_token_ids)
-            comp[b, :n] = torch.tensor(it.completion_token_ids, dtype=torch.long)
-            mask[b, :n] = 1.0 if it.loss_mask else 0.0
-        inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": attn,
-                                           "mm_token_type_ids": (ids == self.image_token_id).long()}
-        if images:
-            pix = self.processor.image_processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = pix["pixel_values"]
-            inputs["image_grid_thw"] = pix["image_grid_thw"]
-        return {k: v.to(self.device) for k, v in inputs.items()}, comp.to(self.device), mask.to(self.device)
+        t = torch.arange(T)[None]
+        first = int(prompt_lens.min())
+        keep = ids.shape[1] - first + 1
+        # logits_to_keep keeps positions first−1 … L−1; position P_b − 1 + t predicts completion token t
+        index = (prompt_lens[:, None] - first + t).clamp(max=keep - 1)
+        counted = torch.tensor([it.loss_mask for it in items])[:, None] & (t < completion_lens[:, None])
+        has_engine = t < torch.tensor([len(it.engine_logprobs) for it in items])[:, None]
+        d = self.device
+        return _MicroBatch(inputs={k: v.to(d) for k, v in inputs.items()}, keep=keep, index=index.to(d),
+                           completion=right_pad([it.completion_token_ids for it in items], 0, width=T).to(d),
+                           mask=counted.float().to(d), advantages=torch.tensor([it.advantage for it in items]).to(d),
+                           engine=right_pad([it.engine_logprobs for it in items], 0.0, width=T,
+                                            dtype=torch.float32).to(d),
+                           engine_mask=(counted & has_engine).to(d))
 
-    def _completion_logits(self, model: torch.nn.Module, items: Sequence[TrainItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs, comp, mask = self._inputs(items)
-        logits = model(**inputs).logits  # [B, L, V]
-        T = comp.shape[1]
-        # logits at position P−1+t predict completion token t
-        starts = torch.tensor([len(it.prompt_token_ids) - 1 for it in items], device=logits.device)
-        idx = starts[:, None] + torch.arange(T, device=logits.device)[None, :]
-        idx = idx.clamp(max=logits.shape[1] - 1)
-        sel = logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1])).float()
-        return sel, comp, mask
+    def _micro_batches(self, mini_batches: Sequence[Sequence[TrainItem]]) -> list[list[_MicroBatch]]:
+        images = self._images([it for mb in mini_batches for it in mb])
+        size = self.rl.batch_size
+        return [[self._micro_batch(mb[i : i + size], images) for i in range(0, len(mb), size)] for mb in mini_batches]
 
-    @staticmethod
-    def _gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+    def _logprobs(self, model: torch.nn.Module, mb: _MicroBatch, *, with_entropy: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, T] log-probs of the completion tokens (and their entropies)."""
+        logits = model(**mb.inputs, logits_to_keep=mb.keep).logits  # [B, keep, V]
+        picked = logits.gather(1, mb.index[:, :, None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
+        return token_logprobs(picked, mb.completion, with_entropy=with_entropy)
 
     @torch.no_grad()
-    def logprobs(self, items: Sequence[TrainItem], micro_batch: int | None = None) -> list[list[float]]:
-        """Per-token log-probs of each item's completion under the current weights."""
+    def logprobs(self, items: Sequence[TrainItem]) -> list[list[float]]:
+        """Per-token log-probs of each item's completion under the current weights (for inspection)."""
         out: list[list[float]] = []
-        mb = micro_batch or self.rl.batch_size
-        for i in range(0, len(items), mb):
-            chunk = items[i : i + mb]
-            logits, comp, _ = self._completion_logits(self.model, chunk)
-            lp = self._gather_logprobs(logits, comp).cpu()
-            out += [lp[b, : len(it.completion_token_ids)].tolist() for b, it in enumerate(chunk)]
+        (micro,) = self._micro_batches([items])
+        for i, mb in zip(range(0, len(items), self.rl.batch_size), micro):
+            lp = self._logprobs(self.model, mb)[0].cpu()
+            out += [lp[b, : len(it.completion_token_ids)].tolist() for b, it in enumerate(items[i : i + self.rl.batch_size])]
         return out
 
     # -- the update ------------------------------------------------------------------------
-    def train_step(self, mini_batches: Sequence[Sequence[TrainItem]], mini_batch_tokens: Sequence[int]) -> dict[str, float]:
+    def train_step(self, mini_batches: Sequence[Sequence[TrainItem]], mini_batch_tokens: Sequence[int]) -> LearnStats:
         """DAPO update: one optimizer step per mini-batch of this rank's shard.
 
         `mini_batch_tokens[k]`: unmasked tokens of mini-batch k over ALL ranks. Every rank must get
         the same number of micro-batches (DDP all-reduces in backward); `LearnerGroup` pads shards
-        with masked-out items to make it so.
+        with masked-out items to make it so. Collective when world_size > 1 (the stats' all-gather).
         """
         rl = self.rl
-        # per mini-batch, in micro-batches of batch_size: the same number of forwards on every rank (FSDP2)
-        olds = [self.logprobs(mb) for mb in mini_batches]
-        mismatch = [abs(a - b) for mb, mb_old in zip(mini_batches, olds) for it, o in zip(mb, mb_old)
-                    for a, b in zip(o, it.engine_logprobs) if it.loss_mask]
+        batches = self._micro_batches(mini_batches)
+        with torch.no_grad():  # π_old; as many forwards on every rank as it has micro-batches (FSDP2)
+            olds = [[self._logprobs(self.model, mb)[0] for mb in mbs] for mbs in batches]
+            gaps = [torch.where(mb.engine_mask, (old - mb.engine).abs(), 0.0)
+                    for mbs, mb_olds in zip(batches, olds) for mb, old in zip(mbs, mb_olds)]
+            gap_tokens = sum(mb.engine_mask.sum() for mbs in batches for mb in mbs)
         model = self.train_model
-        sums: dict[str, float] = {k: 0.0 for k in ("loss", "tokens", "clip_low", "clip_high", "ratio_sum", "kl", "entropy")}
-        ratio_max, grad_norm = 0.0, 0.0
-        for mb_items, mb_old, n_global in zip(mini_batches, olds, mini_batch_tokens):
-            self.optimizer.zero_grad(set_to_none=True)
-            micro = [(mb_items[i : i + rl.batch_size], mb_old[i : i + rl.batch_size])
-                     for i in range(0, len(mb_items), rl.batch_size)]
-            for j, (chunk, chunk_old) in enumerate(micro):
-                with grad_sync(model, sync=j == len(micro) - 1):
-                    logits, comp, mask = self._completion_logits(model, chunk)
-                    lp = self._gather_logprobs(logits, comp)
-                    old_t = _pad([o for o in chunk_old], lp.shape[1], lp.device)
-                    adv = torch.tensor([it.advantage for it in chunk], dtype=lp.dtype, device=lp.device)
+        acc: LossStats | None = None
+        for mbs, mb_olds, n_global in zip(batches, olds, mini_batch_tokens):
+            for j, (mb, old) in enumerate(zip(mbs, mb_olds)):
+                with grad_sync(model, sync=j == len(mbs) - 1):
+                    lp, entropy = self._logprobs(model, mb, with_entropy=True)
                     ref = None
                     if self.ref_model is not None:
                         with torch.no_grad():
-                            ref_logits, _, _ = self._completion_logits(self.ref_model, chunk)
-                            ref = self._gather_logprobs(ref_logits, comp)
-                    loss, st = dapo_policy_loss(lp, old_t, adv, mask, eps_low=rl.eps_low, eps_high=rl.eps_high,
-                                                num_tokens=float(max(1, n_global)), ref_logprobs=ref,
-                                                kl_type=rl.kl_type, kl_coef=rl.kl_coef)
+                            ref, _ = self._logprobs(self.ref_model, mb)
+                    loss, st = dapo_policy_loss(lp, old, mb.advantages, mb.mask, eps_low=rl.eps_low,
+                                                eps_high=rl.eps_high, num_tokens=float(max(1, n_global)),
+                                                ref_logprobs=ref, kl_type=rl.kl_type, kl_coef=rl.kl_coef,
+                                                entropy=entropy)
                     (loss * self.world_size).backward()
-                with torch.no_grad():
-                    ent = token_entropy(logits)
-                sums["loss"] += float(loss.detach())
-                sums["tokens"] += float(st.tokens)
-                sums["clip_low"] += float(st.clip_low_tokens)
-                sums["clip_high"] += float(st.clip_high_tokens)
-                sums["ratio_sum"] += float(st.ratio_sum)
-                sums["kl"] += float(st.kl_sum)
-                sums["entropy"] += float((ent * mask).sum())
-                ratio_max = max(ratio_max, float(st.ratio_max))
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], rl.grad_clip)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP2
-            self.optimizer.step()
-            self.scheduler.step()
-        sums.update(ratio_max=ratio_max, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0],
-                    engine_mismatch_max=max(mismatch, default=0.0),
-                    engine_mismatch_sum=float(sum(mismatch)), engine_mismatch_n=float(len(mismatch)))
-        return sums
+                acc = st if acc is None else acc + st
+            grad_norm, lr = optimizer_step(self.model, self.optimizer, self.scheduler, rl.grad_clip)
+        packed = _pack(acc, sum(g.sum() for g in gaps), gap_tokens, torch.stack([g.amax() for g in gaps]).amax(),
+                       grad_norm)
+        ranks = [packed]
+        if self.world_size > 1:  # one collective: sums and maxima could not share one all-reduce
+            ranks = [torch.empty_like(packed) for _ in range(self.world_size)]
+            dist.all_gather(ranks, packed)
+        return learn_stats(torch.stack(ranks), lr)
 
     # -- weights and checkpoints -----------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -225,52 +278,11 @@ class Learner:
             self.model.train()
 
     def save(self, path: str) -> None:
-        """HF model + processor (loadable by transformers and vLLM) and the optimizer/scheduler/RNG state.
-        Under FSDP2: collective (every rank gathers), rank 0 writes."""
-        model_sd, optim_sd = None, self.optimizer.state_dict()
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-            model_sd = full_state_dict(self.model)
-            optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=full_state_options())
-        if self.rank != 0:
-            return
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        unwrap(self.model).save_pretrained(p / "model", state_dict=model_sd)
-        self.processor.save_pretrained(p / "model")
-        torch.save({"optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
-                   p / "trainer_state.pt")
+        """HF model + processor (loadable by transformers and vLLM) and the optimizer/scheduler/RNG
+        state (medmo_rl/checkpoint.py). Under FSDP2: collective (every rank gathers), rank 0 writes."""
+        save_checkpoint(self.model, self.optimizer, self.scheduler, self.processor, path, progress={},
+                        is_writer=self.rank == 0)
 
     def load(self, path: str) -> None:
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-
-        p = Path(path)
-        state = {}
-        for f in sorted((p / "model").glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        ts = torch.load(p / "trainer_state.pt", weights_only=False)
-        if is_fsdp(self.model):  # every rank reads the full files and keeps its shard
-            full = StateDictOptions(full_state_dict=True, strict=False)
-            set_model_state_dict(self.model, state, options=full)
-            set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=ts["optimizer"], options=full)
-        else:
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            real_missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
-            if real_missing or unexpected:
-                raise RuntimeError(f"checkpoint {p}: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
-            self.optimizer.load_state_dict(ts["optimizer"])
-        self.scheduler.load_state_dict(ts["scheduler"])
-        torch.set_rng_state(ts["rng"]["torch"])
-        np.random.set_state(ts["rng"]["numpy"])
-        random.setstate(ts["rng"]["python"])
-
-
-def _pad(rows: list[list[float]], T: int, device: torch.device) -> torch.Tensor:
-    out = torch.zeros((len(rows), T), dtype=torch.float32, device=device)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.tensor(r[:T], dtype=torch.float32)
-    return out
+        load_weights(self.model, path)
+        restore_train_state(self.model, self.optimizer, self.scheduler, load_train_state(path))

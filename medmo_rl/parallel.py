@@ -1,4 +1,5 @@
-"""Data parallelism shared by the SFT trainer (sft/train.py) and the RL learner (medmo_rl/learner.py).
+"""What the SFT trainer (sft/train.py) and the RL learner (medmo_rl/learner.py) share: data
+parallelism, the AdamW parameter groups and the optimizer step.
 
     GPU, process group up   FSDP2: `fully_shard` per vision block and decoder layer, then the root;
                             bf16 (or fp32) compute, fp32 gradient reduction
@@ -8,10 +9,14 @@
 Gradients are averaged over ranks by both wrappers; callers that normalise by a global token count
 multiply their loss by the world size to undo it. `full_state_dict` gives the full weights of any
 of the three (under FSDP2 every rank must call it; rank 0 gets the tensors).
+
+`weight_decay` decays matrices only (`adamw`), and the learning rate a trainer logs is the one its
+last optimizer step used (`optimizer_step`), in both trainers.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -67,3 +72,26 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     if is_fsdp(model):
         return {k: v.contiguous() for k, v in get_model_state_dict(model, options=full_state_options()).items()}
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+def adamw(model: torch.nn.Module, *, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, weight decay on matrices (ndim ≥ 2: linear, embedding
+    and patch-embedding weights) only: decaying a norm's gain or a bias pulls it towards 0, which
+    is a change of the function rather than a regulariser (nanoGPT's configure_optimizers: the same)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   max_norm: float) -> tuple[torch.Tensor, float]:
+    """Clip, step, advance the schedule, zero the gradients. Returns (the gradient norm before
+    clipping, a tensor: reading it is the caller's device sync; the learning rate this step used —
+    `scheduler.get_last_lr()` after the step would already be the next one). max_norm 0: no clipping."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm or float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm), lr  # a DTensor under FSDP2

@@ -7,9 +7,10 @@ the rollout engine must agree on after every weight push.
 
 `logprobs[t] = log p(token_ids[t+1] | token_ids[:t+1])`, t = 0..T-2 — every position of the
 sequence, the image-pad positions included, so a stale vision tower shows up as well as a stale
-language model. vLLM and transformers agree on this to ~1e-6 in fp32 (ENVIRONMENT.md 5); a larger
-gap means stale weights or different input preparation (image preprocessing, mrope positions),
-which is why both sides use the same in-memory PIL image and the same HF processor.
+language model. vLLM and transformers agree on this to ~1e-6 in fp32 (measured on the tiny Qwen3-VL,
+with and without an image); a larger gap means stale weights or different input preparation (image
+preprocessing, mrope positions), which is why both sides use the same in-memory PIL image and the
+same HF processor.
 No ray/vllm imports: the learner calls this.
 """
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from medmo_rl import prompts
+from medmo_rl.algos import token_logprobs
 from medmo_rl.schema import Sample
 
 PROBE_IMAGE_PX = 64  # a multiple of Qwen3-VL's patch·merge (32): no resize on either side
@@ -55,8 +58,6 @@ def make_probe(processor: Any) -> Probe:
 
 def hf_probe_logprobs(model: Any, processor: Any, probe: Probe) -> list[float]:
     """The learner's probe log-probabilities, [T-1], computed in fp32 from a transformers model."""
-    import torch
-
     inputs = processor(text=[probe.text], images=[probe.image], return_tensors="pt")
     ids = inputs["input_ids"][0]
     if tuple(int(t) for t in ids) != probe.token_ids:
@@ -67,10 +68,10 @@ def hf_probe_logprobs(model: Any, processor: Any, probe: Probe) -> list[float]:
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(**inputs).logits[0, :-1].float()
+            logits = model(**inputs).logits[0, :-1]
     finally:
         model.train(was_training)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[1:, None].to(device))[:, 0]
+    logprobs, _ = token_logprobs(logits, ids[1:].to(device))
     return logprobs.cpu().tolist()
 
 

@@ -1,7 +1,8 @@
 """Typed records that travel between the RL stage's phases (STYLE.md: no string-keyed dicts).
 
     Sample (medmo_rl.schema) ──rollout──> Group(sample, completions[G]) ──rewards──> ScoredGroup
-    ──advantages/filter──> TrainBatch ──learner──> new weights
+    ──advantages/filter──> TrainItem per completion ──learner──> new weights + LearnStats
+(ScoredGroup lives in medmo_rl/driver/rl_loop.py, LearnStats in medmo_rl/learner.py.)
 """
 from __future__ import annotations
 

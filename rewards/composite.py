@@ -8,7 +8,7 @@
 with the weights w_accuracy, w_bbox, w_tag_count, w_overlong of `RewardConfig`.
 A non-grounding completion has no boxes to judge: its bbox part is reported as 0.0 (a float, so
 every part is a number in JSON) and contributes nothing to the total; a consumer averaging the
-bbox part should average over grounding items only.
+bbox part should average over grounding items only (the RL loop's `reward/bbox` does).
 
 Boxes are compared in ONE space, absolute pixels of the original image: the completion's
 Qwen3-VL 0–1000 boxes go through `medmo_rl.boxes.to_pixels` with the reference's image_size
@@ -35,7 +35,7 @@ from rewards.format import tag_count
 from rewards.length import soft_overlong_punishment
 from rewards.parsing import ParsedCompletion, as_reference, parse_completion
 
-PARTS = ("accuracy", "bbox", "tag_count", "overlong")
+PARTS = ("accuracy", "bbox", "tag_count", "overlong")  # the keys of ScoreResult.parts; the RL loop logs reward/<part>
 
 
 @dataclass(frozen=True)

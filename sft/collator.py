@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from medmo_rl.algos import right_pad
 from medmo_rl.prompts import load_image, render_prompt, target_text
 from medmo_rl.schema import Sample
 from sft.loss import IGNORE
@@ -183,21 +184,13 @@ class SFTCollator:
             raise ValueError("nothing to collate: every example was skipped")
         if self.ensure_image and not any(e.pixel_values is not None for e in rows):
             rows.append(self._blank_image_row())
-        width = max(len(e.input_ids) for e in rows)
-
-        def padded(values: list[torch.Tensor], fill: int) -> torch.Tensor:
-            out = torch.full((len(values), width), fill, dtype=torch.long)
-            for i, v in enumerate(values):
-                out[i, : len(v)] = v
-            return out
-
         pixels = [e.pixel_values for e in rows if e.pixel_values is not None]
         grids = [e.image_grid_thw for e in rows if e.image_grid_thw is not None]
         return SFTBatch(
-            input_ids=padded([e.input_ids for e in rows], self.pad_id),
-            attention_mask=padded([torch.ones_like(e.input_ids) for e in rows], 0),
-            labels=padded([e.labels for e in rows], IGNORE),
-            mm_token_type_ids=padded([e.mm_token_type_ids for e in rows], 0),
+            input_ids=right_pad([e.input_ids for e in rows], self.pad_id),
+            attention_mask=right_pad([torch.ones_like(e.input_ids) for e in rows], 0),
+            labels=right_pad([e.labels for e in rows], IGNORE),
+            mm_token_type_ids=right_pad([e.mm_token_type_ids for e in rows], 0),
             pixel_values=torch.cat(pixels) if pixels else None,
             image_grid_thw=torch.cat(grids) if grids else None,
             sample_ids=tuple(e.sample_id for e in examples),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from medmo_rl.algos import token_logprobs
+
 IGNORE = -100  # label of a token that carries no loss (system, user, image, padding)
 
 
@@ -35,13 +37,12 @@ def sft_token_loss(logits: torch.Tensor, labels: torch.Tensor, denom: float) -> 
         denom: the number the summed loss is divided by (> 0).
     """
     mask = labels != IGNORE
-    picked = logits[mask].float()  # [N, V]
+    picked = logits[mask]  # [N, V]
     target = labels[mask]  # [N]
-    logp = torch.log_softmax(picked, dim=-1)
-    nll = -logp.gather(-1, target[:, None]).squeeze(-1)
+    logprobs, entropy = token_logprobs(picked, target, with_entropy=True)
+    nll = -logprobs
     loss = nll.sum() / denom
     with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
         stats = TokenStats(
             loss_sum=nll.detach().sum(),
             correct=(picked.argmax(-1) == target).sum().float(),

@@ -21,7 +21,7 @@ import logging
 import time
 from pathlib import Path
 
-from medmo_rl.config import DataConfig, RunConfig, SFTConfig, SFTStageConfig
+from medmo_rl.config import DataConfig, ModelConfig, RunConfig, SFTConfig, SFTStageConfig
 from medmo_rl.datasets import resolve
 from medmo_rl.metrics_log import MetricsProgress, read_metrics
 from sft.checkpoint import export_final, is_done
@@ -55,8 +55,9 @@ def _plot_curves(stage_dir: Path, stage: str) -> None:
 
 def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig, *, seed: int,
               init_dir: str | Path, stage_dir: str | Path, data_cache_dir: str | Path,
-              crash_at_step: int = 0, progress: bool = True) -> Path:
-    """Train one stage from `init_dir` as a Ray Train job; returns `stage_dir/final` (HF folder)."""
+              crash_at_step: int = 0, progress: bool = True, dtype: str = ModelConfig.dtype) -> Path:
+    """Train one stage from `init_dir` as a Ray Train job; returns `stage_dir/final` (HF folder).
+    `dtype` (model.dtype): what the weights load in."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -70,7 +71,7 @@ def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig,
     datasets = tuple((name, str(resolve(name, data, data_cache_dir).resolve())) for name in cfg.mixture)
     job = StageJob(stage=stage, cfg=cfg, init_dir=str(Path(init_dir).resolve()), stage_dir=str(stage_dir),
                    datasets=datasets, weights=tuple(cfg.mixture.values()), seed=seed, use_gpu=sft.use_gpu,
-                   threads_per_worker=max(1, int(sft.cpus_per_worker)), crash_at_step=crash_at_step)
+                   threads_per_worker=max(1, int(sft.cpus_per_worker)), crash_at_step=crash_at_step, dtype=dtype)
     (stage_dir / "job.json").write_text(json.dumps(dataclasses.asdict(job), indent=1))
     trainer = TorchTrainer(
         train_stage_worker,
@@ -108,5 +109,6 @@ def run_sft_stages(cfg: RunConfig, base_model_dir: str | Path, run_dir: str | Pa
             continue
         # a different mixture stream per stage, all fixed by the run's seed
         current = run_stage(stage, stage_cfg, cfg.sft, cfg.data, seed=cfg.seed + STAGES.index(stage),
-                            init_dir=current, stage_dir=Path(run_dir) / "sft" / stage, data_cache_dir=data_cache_dir)
+                            init_dir=current, stage_dir=Path(run_dir) / "sft" / stage, data_cache_dir=data_cache_dir,
+                            dtype=cfg.model.dtype)
     return current

@@ -9,7 +9,7 @@ reduction) on GPUs; optional gradient checkpointing. A step's loss is the mean o
 tokens of the step, across micro-batches and workers (the token count is all-reduced first).
 Rank 0 logs loss, mean token accuracy and entropy (the curves of App. B) to metrics.jsonl and
 TensorBoard; the driver shows a live progress bar from that file (sft/stages.py). Every `save_every_steps` and at the end, a checkpoint
-(HF folder + optimizer/scheduler/step/data position, sft/checkpoint.py) goes through
+(HF folder + optimizer/scheduler/RNG/step/data position, medmo_rl/checkpoint.py) goes through
 `ray.train.report`; Ray Train keeps it under the stage folder and hands the latest back to a
 restarted run (same storage_path and name), which continues at the next step and data position.
 
@@ -35,12 +35,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medmo_rl.checkpoint import load_train_state, restore_train_state, save_checkpoint
 from medmo_rl.config import SFTStageConfig
 from medmo_rl.metrics_log import MetricsWriter
-from medmo_rl.parallel import grad_sync, wrap_for_training
+from medmo_rl.parallel import adamw, grad_sync, optimizer_step, wrap_for_training
 from medmo_rl.schedules import lr_multiplier
 from medmo_rl.schema import Sample, load_samples
-from sft.checkpoint import load_train_state, restore_optimizer, save_checkpoint
 from sft.collator import SKIP_REASONS, SFTBatch, SFTCollator
 from sft.loss import IGNORE, sft_token_loss
 from sft.mixture import MixtureStream, steps_for_epochs
@@ -61,6 +61,7 @@ class StageJob:
     seed: int
     use_gpu: bool
     threads_per_worker: int
+    dtype: str  # model.dtype: what the weights load in
     crash_at_step: int = 0  # > 0: rank 0 raises after this optimizer step (fault injection for tests)
 
 
@@ -82,19 +83,12 @@ def _load_mixture(job: StageJob, rank: int) -> list[list[Sample]]:
 def _build_model(src_dir: str, job: StageJob, device: torch.device) -> torch.nn.Module:
     from transformers import Qwen3VLForConditionalGeneration
 
-    model = Qwen3VLForConditionalGeneration.from_pretrained(src_dir, dtype=torch.float32)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(src_dir, dtype=getattr(torch, job.dtype))
     model.config.use_cache = False
     if job.cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return wrap_for_training(model, device, bf16=job.cfg.bf16)
-
-
-def _optimizer(model: torch.nn.Module, cfg: SFTStageConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # norms, biases
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)
 
 
 def _forward_loss(model: torch.nn.Module, batch: SFTBatch, denom: float, device: torch.device,
@@ -132,20 +126,15 @@ def _train_step(model, optimizer, scheduler, batches: list[SFTBatch], cfg: SFTSt
     the gradient norm before clipping, and the learning rate the step used."""
     step_tokens = _all_sum([sum(b.num_target_tokens for b in batches)], device)[0]
     denom = max(step_tokens, 1.0) / world  # DDP/FSDP2 average gradients over ranks: undo it
-    sums = [0.0] * 5
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # summed on the device: no sync per micro-batch
     for m, batch in enumerate(batches):
         with grad_sync(model, sync=m == len(batches) - 1):
             loss, stats = _forward_loss(model, batch, denom, device, autocast)
             loss.backward()
-        for j, v in enumerate((stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens)):
-            sums[j] += float(v)
-        sums[4] += len(batch.sample_ids)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return sums, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
+        sums += torch.stack([stats.loss_sum, stats.correct, stats.entropy_sum, stats.tokens]).double()
+    grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.grad_clip)
+    *host, grad_norm = torch.cat([sums, grad_norm.double().reshape(1)]).tolist()  # one copy to the host
+    return host + [float(sum(len(b.sample_ids) for b in batches))], grad_norm, lr
 
 
 def train_stage_worker(config: dict[str, Any]) -> None:
@@ -167,7 +156,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         state = load_train_state(src_dir) if resume else None
         model = _build_model(src_dir, job, device)
         processor = AutoProcessor.from_pretrained(src_dir)
-    optimizer = _optimizer(model, cfg)
+    optimizer = adamw(model, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     parts = _load_mixture(job, rank)
     stream = MixtureStream([len(p) for p in parts], job.weights, job.seed)
     per_step = cfg.batch_size * cfg.grad_accum  # examples per optimizer step, all workers
@@ -180,8 +169,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         if (state["total_steps"], state["seed"]) != (total, job.seed):
             raise RuntimeError(f"{job.stage}: checkpoint was made for total_steps={state['total_steps']} "
                                f"seed={state['seed']}, this run has {total}, {job.seed}; use a new run dir")
-        restore_optimizer(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore_train_state(model, optimizer, scheduler, state)
         start_step = state["step"]
     if rank == 0:
         log.warning("%s: starting at step %d of %d after %.1f s of set-up", job.stage, start_step, total,
@@ -228,7 +216,7 @@ def _save_and_report(model, optimizer, scheduler, processor, job: StageJob, step
     tmp = Path(tempfile.mkdtemp(prefix=f"sft-{job.stage}-")) if rank == 0 else None
     try:
         save_checkpoint(model, optimizer, scheduler, processor, tmp or ".", is_writer=rank == 0,
-                        train_state={"step": step, "position": position, "total_steps": total, "seed": job.seed,
+                        progress={"step": step, "position": position, "total_steps": total, "seed": job.seed,
                                      "stage": job.stage})
         ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if tmp else None
         ray.train.report({"step": step}, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:06d}")

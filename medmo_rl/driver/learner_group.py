@@ -3,7 +3,9 @@
 The driver hands the whole rollout batch to `LearnerGroup.train_step`; the group cuts it into
 `rl.mini_batches` global mini-batches, shards each over the ranks, pads shards so every rank runs
 the same number of micro-batches (masked copies: they add no gradient), and passes each rank the
-GLOBAL token count per mini-batch so the token-level loss is normalised over the whole batch.
+GLOBAL token count per mini-batch so the token-level loss is normalised over the whole batch. The
+ranks reduce their statistics among themselves (one all-gather), so every rank returns the same
+`LearnStats` and the group hands rank 0's on.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 import ray
 
 from medmo_rl.config import RLConfig
-from medmo_rl.learner import Learner, split_even
+from medmo_rl.learner import Learner, LearnStats, split_even
 from medmo_rl.records import TrainItem
 from medmo_rl.weights import weight_buckets
 
@@ -65,21 +67,20 @@ class _LearnerActor(Learner):
 
 
 class LearnerGroup:
-    def __init__(self, model_dir: str, rl: RLConfig, *, total_steps: int, max_pixels: int, seed: int):
+    def __init__(self, model_dir: str, rl: RLConfig, *, total_steps: int, max_pixels: int, seed: int, dtype: str):
         self.rl = rl
         n = rl.num_learners
         actor = ray.remote(num_cpus=rl.cpus_per_learner, num_gpus=1 if rl.use_gpu else 0)(_LearnerActor)
         threads = max(1, int(rl.cpus_per_learner))
         self.actors = [actor.remote(model_dir, rl, total_steps=total_steps, max_pixels=max_pixels, rank=r,
-                                    world_size=n, seed=seed, num_threads=threads) for r in range(n)]
+                                    world_size=n, seed=seed, num_threads=threads, dtype=dtype) for r in range(n)]
         addr, port = ray.get(self.actors[0].free_address.remote())
         ray.get([a.init_distributed.remote(addr, port) for a in self.actors])
 
-    def train_step(self, items: Sequence[TrainItem]) -> dict[str, float]:
+    def train_step(self, items: Sequence[TrainItem]) -> LearnStats:
         shards, tokens = shard_batch(items, mini_batches=self.rl.mini_batches, world_size=len(self.actors),
                                      micro_batch=self.rl.batch_size)
-        per_rank = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
-        return reduce_stats(per_rank)
+        return ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])[0]
 
     def _ranks_for_state(self) -> list:
         """Who must take part in weights / probe / save / load: all ranks under FSDP2 (each holds a
@@ -100,23 +101,3 @@ class LearnerGroup:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-
-
-def reduce_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """Sum the ranks' token sums, then turn them into per-token means."""
-    tot = {k: sum(r[k] for r in per_rank) for k in per_rank[0]}
-    n = max(1.0, tot["tokens"])
-    return {
-        "loss": tot["loss"],  # each rank's loss is already ÷ global tokens: the sum is the batch loss
-        "tokens": tot["tokens"],
-        "clip_frac_low": tot["clip_low"] / n,
-        "clip_frac_high": tot["clip_high"] / n,
-        "ratio_mean": tot["ratio_sum"] / n,
-        "ratio_max": max(r["ratio_max"] for r in per_rank),
-        "kl": tot["kl"] / n,
-        "entropy": tot["entropy"] / n,
-        "grad_norm": per_rank[0]["grad_norm"],
-        "lr": per_rank[0]["lr"],
-        "engine_logprob_mismatch_max": max(r["engine_mismatch_max"] for r in per_rank),
-        "engine_logprob_mismatch_mean": tot["engine_mismatch_sum"] / max(1.0, tot["engine_mismatch_n"]),
-    }

@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 from transformers import AutoProcessor
 
+from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
 from medmo_rl.datasets import resolve
 from medmo_rl.driver.cluster import init_ray
@@ -89,7 +90,7 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
                 svc.url, read_timeout_s=cfg.reward.timeout_s, retries=cfg.reward.retries,
                 max_concurrency=cfg.reward.max_concurrency) as client:
             learners = LearnerGroup(str(policy_dir), cfg.rl, total_steps=n_steps, max_pixels=cfg.rollout.max_pixels,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, dtype=cfg.model.dtype)
             pool = RolloutPool(str(policy_dir), cfg.rollout, seed=cfg.seed)
             train_rl(cfg, policy_dir, rl_dir, rep.samples, pool=pool, learners=learners, client=client,
                      probe=probe, metrics=metrics,
@@ -97,9 +98,9 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
             tmp = rl_dir / ".final_tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             learners.save(str(tmp))
+            (tmp / TRAIN_STATE).unlink()  # final/ is the HF folder alone
             shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp / "model", final)
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.replace(tmp, final)
             (final / "DONE").write_text("ok\n")
     finally:
         metrics.close()
@@ -159,7 +160,7 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
             continue
         t = time.perf_counter()
         policy = run_stage(stage, st, cfg.sft, cfg.data, seed=cfg.seed + i, init_dir=policy,
-                           stage_dir=run_dir / "sft" / stage, data_cache_dir=data_cache)
+                           stage_dir=run_dir / "sft" / stage, data_cache_dir=data_cache, dtype=cfg.model.dtype)
         summary.stage_seconds[f"sft {stage}"] = time.perf_counter() - t
     models["sft"] = policy
     if cfg.rl.enabled and "stage4" in stages:

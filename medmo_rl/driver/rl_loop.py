@@ -2,9 +2,9 @@
 
 One step, top to bottom (each phase one function below):
 
-    collect    prompts ─▶ rollout pool (G completions each, vLLM actors)
-               ─▶ reward service over HTTP ─▶ group advantages ─▶ drop zero-std groups,
-               refill from further prompts (dynamic sampling, ≤ rl.max_extra_rounds rounds)
+    collect    prompts ─▶ rollout pool (G completions each, vLLM actors) ─▶ drop prompts longer
+               than rl.max_prompt_tokens ─▶ reward service over HTTP ─▶ group advantages ─▶ drop
+               zero-std groups, refill from further prompts (dynamic sampling, ≤ rl.max_extra_rounds rounds)
     learn      learner group (DDP ranks): old log-probs, DAPO update(s)
     sync       new weights ─▶ every rollout actor (versioned, verified by a log-prob probe)
     log        metrics JSONL + TensorBoard
@@ -21,19 +21,18 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from medmo_rl.algos import group_advantages, zero_std_groups
 from medmo_rl.config import RunConfig
+from medmo_rl.learner import LearnStats
 from medmo_rl.records import Group, SamplingSpec, TrainItem
 from medmo_rl.sampler import PromptSampler, SamplerState
 from medmo_rl.schema import Sample
-from rewards.composite import ScoreItem
-
-PARTS = ("accuracy", "bbox", "tag_count", "overlong")
+from rewards.composite import PARTS, ScoreItem
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,8 @@ class StepBatch:
     t_reward: float = 0.0
     all_rewards: list[float] = field(default_factory=list)  # every finite total, kept or not
     all_parts: list[dict[str, float]] = field(default_factory=list)
+    all_tasks: list[str] = field(default_factory=list)  # the task of each all_parts entry
+    rejected_ids: list[str] = field(default_factory=list)  # prompts longer than rl.max_prompt_tokens
     lengths: list[int] = field(default_factory=list)
     truncated: int = 0
 
@@ -100,8 +101,13 @@ def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) 
         t0 = time.perf_counter()
         groups = pool.generate(samples, sampling, rl.answer_format)
         out.t_rollout += time.perf_counter() - t0
-        ok = [g for g in groups if g.error is None and g.completions]
-        out.failed_requests += len(groups) - len(ok)
+        # the engine's count (image pads expanded) is the first place the prompt length is known
+        served = [g for g in groups if g.error is None and g.completions]
+        ok = [g for g in served if len(g.prompt_token_ids) <= rl.max_prompt_tokens]
+        too_long = [g for g in served if len(g.prompt_token_ids) > rl.max_prompt_tokens]
+        out.rejected_ids += [g.sample.id for g in too_long]
+        out.completion_tokens += sum(len(c.token_ids) for g in too_long for c in g.completions)  # generated all the same
+        out.failed_requests += len(groups) - len(served)
         items = [ScoreItem(c.text, len(c.token_ids), g.sample) for g in ok for c in g.completions]
         t0 = time.perf_counter()
         results = client.score(items) if items else []
@@ -121,6 +127,7 @@ def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) 
                 if r.error is None:
                     out.all_rewards.append(r.total)
                     out.all_parts.append(r.parts)
+                    out.all_tasks.append(g.sample.task)
         out.generated_groups += len(scored)
         if out.scored and out.failed_scores / out.scored > cfg.reward.max_failed_fraction:
             raise RuntimeError(
@@ -151,9 +158,9 @@ def to_train_items(cfg: RunConfig, groups: list[ScoredGroup]) -> list[TrainItem]
     return items
 
 
-def learn_phase(learners, items: list[TrainItem]) -> dict[str, float]:
+def learn_phase(learners, items: list[TrainItem]) -> LearnStats | None:
     if not items or all(not it.loss_mask for it in items):
-        return {}
+        return None
     return learners.train_step(items)
 
 
@@ -176,16 +183,26 @@ def sync_phase(learners, pool, probe, version: int) -> SyncTiming:
                       probe_s=max((u.probe_s for u in updates), default=0.0))
 
 
-def step_metrics(batch: StepBatch, learn: dict[str, float], items: list[TrainItem], t_learn: float,
+def part_mean(batch: StepBatch, part: str) -> float:
+    """Mean of one reward part over the scored completions; the bbox part over grounding items
+    only, since every other task reports it as 0.0 (rewards/composite.py)."""
+    xs = [ps[part] for ps, task in zip(batch.all_parts, batch.all_tasks)
+          if part in ps and (part != "bbox" or task == "grounding")]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainItem], t_learn: float,
                  sync: SyncTiming, t_step: float, version: int, sampler: PromptSampler) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     m = {
         "reward/total": mean(batch.all_rewards),
-        **{f"reward/{p}": mean([ps[p] for ps in batch.all_parts if p in ps]) for p in PARTS},
+        **{f"reward/{p}": part_mean(batch, p) for p in PARTS},
         "reward/total_trained": mean([r for sg in batch.groups for r in sg.rewards if math.isfinite(r)]),
         "adv/abs_mean": mean([abs(it.advantage) for it in items]),
         "rollout/response_length": mean(batch.lengths),
         "rollout/truncation_rate": batch.truncated / max(1, len(batch.lengths)),
+        "rollout/rejected_long_prompts": len(batch.rejected_ids),
+        "rollout/rejected_ids": batch.rejected_ids,
         "filter/zero_std_fraction": batch.zero_std_groups / max(1, batch.generated_groups),
         "filter/pass_rate": len(batch.groups) / max(1, batch.generated_groups),
         "filter/groups_trained": len(batch.groups),
@@ -205,7 +222,8 @@ def step_metrics(batch: StepBatch, learn: dict[str, float], items: list[TrainIte
         "epoch": sampler.epochs_done,
         "sample_ids": batch.drawn_ids,
     }
-    m.update({f"learn/{k}": v for k, v in learn.items()})
+    if learn is not None:
+        m.update({f"learn/{f.name}": getattr(learn, f.name) for f in fields(learn)})
     return m
 
 
@@ -272,7 +290,7 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         learn = learn_phase(learners, items)
         t_learn = time.perf_counter() - t0
         sync = SyncTiming()
-        if learn:
+        if learn is not None:
             state.version += 1
             sync = sync_phase(learners, pool, probe, state.version)
         state.step += 1

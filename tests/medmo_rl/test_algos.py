@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from medmo_rl.algos import dapo_policy_loss, group_advantages, kl_penalty, zero_std_groups
+from medmo_rl.algos import (LossStats, dapo_policy_loss, group_advantages, kl_penalty, right_pad, token_logprobs,
+                            zero_std_groups)
 
 
 def test_group_advantages_anchor():
@@ -62,21 +63,24 @@ def test_dapo_loss_hand_values():
     old = torch.zeros(1, 3)
     loss, st = dapo_policy_loss(lp, old, torch.tensor([1.0]), torch.ones(1, 3), eps_low=0.2, eps_high=0.28)
     assert loss.item() == pytest.approx((-1.0 - 1.28 - 0.5) / 3, rel=1e-6)
-    assert st.clip_high_tokens.item() == 1 and st.clip_low_tokens.item() == 0
-    assert st.ratio_max.item() == pytest.approx(1.5) and st.ratio_sum.item() == pytest.approx(3.0)
+    assert st.clip_high.item() == 1 and st.clip_low.item() == 0
+    assert st.ratio_max.item() == pytest.approx(1.5) and st.ratio.item() == pytest.approx(3.0)
+    assert st.loss.item() == pytest.approx(loss.item()) and st.tokens.item() == 3
     # A = −1: t1 max(1.5, 1.28) = 1.5; t2 max(0.5, 0.8) = 0.8 (clip-low active)
     loss, st = dapo_policy_loss(lp, old, torch.tensor([-1.0]), torch.ones(1, 3), eps_low=0.2, eps_high=0.28)
     assert loss.item() == pytest.approx((1.0 + 1.5 + 0.8) / 3, rel=1e-6)
-    assert st.clip_low_tokens.item() == 1 and st.clip_high_tokens.item() == 0
+    assert st.clip_low.item() == 1 and st.clip_high.item() == 0
 
 
 def test_dapo_mask_and_token_advantages():
     lp = torch.tensor([[0.0, 0.0, 5.0]])
     old = torch.zeros(1, 3)
     adv = torch.tensor([[2.0, -1.0, 100.0]])  # the masked token's huge values must not leak in
-    loss, st = dapo_policy_loss(lp, old, adv, torch.tensor([[1, 1, 0]]), eps_low=0.2, eps_high=0.2)
+    entropy = torch.tensor([[0.5, 1.0, 7.0]])
+    loss, st = dapo_policy_loss(lp, old, adv, torch.tensor([[1, 1, 0]]), eps_low=0.2, eps_high=0.2, entropy=entropy)
     assert loss.item() == pytest.approx((-2.0 + 1.0) / 2)
-    assert st.tokens.item() == 2 and st.ratio_max.item() == pytest.approx(1.0)
+    assert st.tokens.item() == 2 and st.ratio_max.item() == pytest.approx(1.0)  # the masked e^5 is not the max
+    assert st.entropy.item() == pytest.approx(1.5) and st.kl.item() == 0.0  # 0.5 + 1.0; the masked 7 left out
 
 
 def test_gradient_matches_clip_rule():
@@ -118,3 +122,37 @@ def test_kl_estimators():
     with pytest.raises(ValueError, match="ref_logprobs"):
         dapo_policy_loss(lp[None], lp[None], torch.tensor([0.0]), torch.ones(1, 2), eps_low=0.2, eps_high=0.2,
                          kl_type="k3", kl_coef=0.1)
+
+
+def test_loss_stats_add_sums_and_take_the_max():
+    a = LossStats(*map(torch.tensor, (0.5, 3.0, 1.0, 0.0, 3.2, 1.4, 0.1, 2.0)))
+    b = LossStats(*map(torch.tensor, (-0.25, 2.0, 0.0, 1.0, 1.9, 1.1, 0.3, 1.0)))
+    c = a + b
+    assert [c.loss.item(), c.tokens.item(), c.clip_low.item(), c.clip_high.item()] == pytest.approx([0.25, 5, 1, 1])
+    assert [c.ratio.item(), c.kl.item(), c.entropy.item()] == pytest.approx([5.1, 0.4, 3.0])
+    assert c.ratio_max.item() == pytest.approx(1.4)  # max(1.4, 1.1), not 2.5
+
+
+def test_token_logprobs_and_entropy_by_hand():
+    # row 0: z = [0, 0, ln 2] → p = [1/4, 1/4, 1/2]; token 2: ln 1/2 = −0.693147
+    #        H = 2·(1/4)·ln 4 + (1/2)·ln 2 = 1.039721
+    # row 1: z = [ln 3, 0, 0] → p = [3/5, 1/5, 1/5]; token 1: ln 1/5 = −1.609438
+    #        H = (3/5)·ln(5/3) + (2/5)·ln 5 = 0.950271
+    logits = torch.tensor([[0.0, 0.0, math.log(2)], [math.log(3), 0.0, 0.0]], requires_grad=True)
+    tokens = torch.tensor([2, 1])
+    lp, ent = token_logprobs(logits, tokens, with_entropy=True)
+    assert lp.tolist() == pytest.approx([-0.693147, -1.609438], abs=1e-6)
+    assert ent.tolist() == pytest.approx([1.039721, 0.950271], abs=1e-6) and not ent.requires_grad
+    lp.sum().backward()  # d log p_x / dz = onehot(x) − p
+    assert logits.grad.tolist() == [pytest.approx([-0.25, -0.25, 0.5]), pytest.approx([-0.6, 0.8, -0.2])]
+    shifted, none = token_logprobs(logits.detach() + 100.0, tokens)  # a shift of every logit changes nothing
+    assert none is None and shifted.tolist() == pytest.approx([-0.693147, -1.609438], abs=1e-5)
+    half, _ = token_logprobs(logits.detach().bfloat16(), tokens)
+    assert half.dtype == torch.float32 and half.tolist() == pytest.approx([-0.693147, -1.609438], abs=1e-2)
+
+
+def test_right_pad():
+    assert right_pad([[1, 2], [3], []], 9).tolist() == [[1, 2], [3, 9], [9, 9]]
+    padded = right_pad([torch.tensor([0.5]), (1.5, 2.5)], -1.0, width=3, dtype=torch.float32)
+    assert padded.dtype == torch.float32 and padded.tolist() == [[0.5, -1.0, -1.0], [1.5, 2.5, -1.0]]
+    assert right_pad([], 0).shape == (0, 0)
