@@ -31,6 +31,7 @@ class Group:
     prompt_token_ids: tuple[int, ...]  # as the engine tokenised the prompt (image pads expanded)
     completions: tuple[Completion, ...]
     error: str | None = None  # the whole request failed; completions is then empty
+    prompt_too_long: bool = False  # refused before generation: longer than SamplingSpec.max_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SamplingSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    max_prompt_tokens: int | None = None  # longer prompts (image pads expanded) are refused, not generated
 
 
 @dataclass(frozen=True)

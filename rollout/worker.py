@@ -141,8 +141,14 @@ class RolloutWorker:
         for i, sample in enumerate(samples):
             try:
                 engine_input = self._engine_input(sample, answer_format)
+                n_prompt = self._prompt_tokens(engine_input) if sampling.max_prompt_tokens else 0
             except (OSError, ValueError) as exc:
                 groups[i] = _error_group(sample, f"sample {sample.id!r}: {exc}")
+                continue
+            if sampling.max_prompt_tokens and n_prompt > sampling.max_prompt_tokens:
+                groups[i] = Group(sample=sample, prompt_token_ids=(), completions=(), prompt_too_long=True,
+                                  error=f"sample {sample.id!r}: prompt of {n_prompt} tokens > max_prompt_tokens="
+                                        f"{sampling.max_prompt_tokens}")
                 continue
             try:
                 self.llm.enqueue([engine_input], self._sampling_params(sampling, sample.id), use_tqdm=False)
@@ -182,6 +188,13 @@ class RolloutWorker:
                     raise OSError(f"cannot read image {path}: {exc}") from exc
             engine_input["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
         return engine_input
+
+    def _prompt_tokens(self, engine_input: dict[str, Any]) -> int:
+        """The prompt's length as the model sees it, image pads expanded: what generating would cost
+        (one extra pass of the HF processor, far cheaper than G completions of a prompt we refuse)."""
+        images = engine_input.get("multi_modal_data", {}).get("image")
+        images = None if images is None else images if isinstance(images, list) else [images]
+        return len(self.processor(text=[engine_input["prompt"]], images=images)["input_ids"][0])
 
     def _sampling_params(self, spec: SamplingSpec, sample_id: str):
         from vllm import SamplingParams

@@ -2,9 +2,9 @@
 
 One step, top to bottom (each phase one function below):
 
-    collect    prompts ─▶ rollout pool (G completions each, vLLM actors) ─▶ drop prompts longer
-               than rl.max_prompt_tokens ─▶ reward service over HTTP ─▶ group advantages ─▶ drop
-               zero-std groups, refill from further prompts (dynamic sampling, ≤ rl.max_extra_rounds rounds)
+    collect    prompts ─▶ rollout pool (G completions each, vLLM actors; prompts longer than
+               rl.max_prompt_tokens refused before generation, counted with their ids)
+               ─▶ reward service over HTTP ─▶ group advantages ─▶ drop zero-std groups, refill from further prompts (dynamic sampling, ≤ rl.max_extra_rounds rounds)
     learn      learner group (DDP ranks): old log-probs, DAPO update(s)
     sync       new weights ─▶ every rollout actor (versioned, verified by a log-prob probe)
     log        metrics JSONL + TensorBoard
@@ -90,7 +90,8 @@ def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) 
     """Rollout + score + dynamic-sampling filter until `prompts_per_step` groups carry signal."""
     rl, want = cfg.rl, prompts_per_step(cfg)
     sampling = SamplingSpec(n=rl.num_generations, max_tokens=rl.max_completion_tokens,
-                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            max_prompt_tokens=rl.max_prompt_tokens)
     out = StepBatch()
     for round_ in range(1 + (rl.max_extra_rounds if rl.dynamic_sampling else 0)):
         need = want - len(out.groups)
@@ -101,13 +102,12 @@ def collect_phase(cfg: RunConfig, sampler: PromptSampler[Sample], pool, client) 
         t0 = time.perf_counter()
         groups = pool.generate(samples, sampling, rl.answer_format)
         out.t_rollout += time.perf_counter() - t0
-        # the engine's count (image pads expanded) is the first place the prompt length is known
-        served = [g for g in groups if g.error is None and g.completions]
-        ok = [g for g in served if len(g.prompt_token_ids) <= rl.max_prompt_tokens]
-        too_long = [g for g in served if len(g.prompt_token_ids) > rl.max_prompt_tokens]
+        # the rollout refuses prompts over rl.max_prompt_tokens before generating; the check here
+        # also holds for an engine that generated them anyway
+        ok = [g for g in groups if g.error is None and g.completions and len(g.prompt_token_ids) <= rl.max_prompt_tokens]
+        too_long = [g for g in groups if g.prompt_too_long or (g.error is None and len(g.prompt_token_ids) > rl.max_prompt_tokens)]
         out.rejected_ids += [g.sample.id for g in too_long]
-        out.completion_tokens += sum(len(c.token_ids) for g in too_long for c in g.completions)  # generated all the same
-        out.failed_requests += len(groups) - len(served)
+        out.failed_requests += len(groups) - len(ok) - len(too_long)
         items = [ScoreItem(c.text, len(c.token_ids), g.sample) for g in ok for c in g.completions]
         t0 = time.perf_counter()
         results = client.score(items) if items else []

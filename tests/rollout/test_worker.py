@@ -112,3 +112,16 @@ def test_the_engines_set_num_threads_warning_is_logged_once(worker):
     assert torch.set_num_threads.__name__ == "skip_set_num_threads"  # the engine's patch is what we silence
     assert sum("set_num_threads" in m for m in keep.messages) <= 1, keep.messages
     assert "a different message" in keep.messages  # the handler does see what passes the filter
+
+
+def test_prompts_over_max_prompt_tokens_are_refused_before_generation(worker, image_samples):
+    sample = next(s for s in image_samples if s.task == "grounding")
+    (full,) = worker.generate([sample], SamplingSpec(n=2, max_tokens=4, seed=0), "plain")
+    n = len(full.prompt_token_ids)  # the engine's count, image pads expanded
+    served_before = worker.health().prompts_served
+    (at_limit,) = worker.generate([sample], SamplingSpec(n=2, max_tokens=4, seed=0, max_prompt_tokens=n), "plain")
+    assert at_limit.error is None and not at_limit.prompt_too_long and len(at_limit.completions) == 2
+    (over,) = worker.generate([sample], SamplingSpec(n=2, max_tokens=4, seed=0, max_prompt_tokens=n - 1), "plain")
+    assert over.prompt_too_long and over.completions == () and f"prompt of {n} tokens" in over.error
+    assert sample.id in over.error
+    assert worker.health().prompts_served == served_before + 2
