@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAST = [
     "data.synthetic_train=24", "data.synthetic_eval=8",
     "sft.stage1.max_steps=4", "sft.stage2.max_steps=40", "sft.stage3.max_steps=12",
