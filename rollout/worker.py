@@ -77,7 +77,20 @@ class OncePerMessage(logging.Filter):
         return True
 
 
-_REPEATING_LOGGERS = ("vllm.v1.worker.cpu_worker",)
+# vLLM loggers that repeat one message per call or per weight push (3 lines per reload for layers
+# that have no weights): each distinct message once per process
+_REPEATING_LOGGERS = ("vllm.v1.worker.cpu_worker", "vllm.model_executor.model_loader.reload.layerwise")
+# warns at import that its own kernels are "already registered" (~20 lines): not the user's concern
+_IMPORT_NOISE_LOGGERS = ("vllm.triton_utils.dispatcher",)
+
+
+def quiet_engine_logs() -> None:
+    """Install the filters before vLLM is imported: some of its warnings come at import and start-up."""
+    for name in _REPEATING_LOGGERS:
+        if not any(isinstance(f, OncePerMessage) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(OncePerMessage())
+    for name in _IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def request_seed(seed: int, sample_id: str) -> int:
@@ -89,6 +102,7 @@ class RolloutWorker:
     def __init__(self, model_dir: str | os.PathLike, config: RolloutConfig, *, seed: int = 0):
         if not os.path.isfile(os.path.join(model_dir, "config.json")):
             raise FileNotFoundError(f"rollout model {str(model_dir)!r}: no config.json (not a HF checkpoint folder)")
+        quiet_engine_logs()
         from transformers import AutoProcessor
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -112,9 +126,6 @@ class RolloutWorker:
             # each prompt whole, which needs a step budget of at least one full-length prompt.
             engine_args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, config.max_model_len))
         self.llm = LLM(**engine_args)
-        for name in _REPEATING_LOGGERS:
-            if not any(isinstance(f, OncePerMessage) for f in logging.getLogger(name).filters):
-                logging.getLogger(name).addFilter(OncePerMessage())
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.probe: Probe = make_probe(self.processor)
         # A sampled vision token is text to vLLM but an image slot to transformers: the learner

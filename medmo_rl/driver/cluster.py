@@ -33,6 +33,8 @@ def init_ray(cluster: ClusterConfig, temp_dir: Path | None = None) -> str:
     # inherited by the cluster's workers: each model load would print a transformers bar between ours
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     kw = {"_temp_dir": str(temp_dir)} if temp_dir else {}
-    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=False, log_to_driver=True,
+    # the dashboard serves the State API, which Ray Train's placement-group cleaner polls every second
+    # (without it the cleaner cannot work and logs a warning each time)
+    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=True, log_to_driver=True,
              namespace=RAY_NAMESPACE, **kw)
     return f"started a local cluster with {cluster.num_cpus} logical CPUs"
