@@ -27,6 +27,9 @@ from medmo_rl.converters import CONVERTERS
 from medmo_rl.datasets import resolve
 from medmo_rl.schema import Sample, load_samples
 
+GROUNDING_METRICS = ("mean_iou", "precision50", "recall50", "f1_50", "count_acc", "boxes_per_image", "map50",
+                     "parse_rate", "label_accuracy")  # reported as grounding/<name>; see medmo_rl.grounding
+NOT_PERCENT = {"report/cider_d", "grounding/boxes_per_image"}
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 REAL = {  # benchmark → (converter, folder under the data root, converter options)
     "vqa_rad": ("vqa_rad", "vqa_rad_test", {"split": "test"}),
@@ -67,7 +70,8 @@ def load_benchmark(name: str, *, data_root: Path, data_cfg=None, cache_dir: Path
 def score_benchmark(samples: list[Sample], completions: list[str | None]) -> dict[str, float]:
     """Metrics per task family present in the benchmark; None completions (engine errors) count as wrong.
 
-    grounding/*: `medmo_rl.grounding` (Hungarian IoU, mAP@0.5, parse rate, the reward's label
+    grounding/*: `medmo_rl.grounding` (GROUNDING_METRICS: Hungarian IoU per GT box, precision /
+    recall / F1 at IoU 0.5, count accuracy, boxes per image, mAP@0.5, parse rate, the reward's label
     accuracy); closed/accuracy (MCQ, yes/no with choices): `answers.label_accuracy`, the reward's
     accuracy; open/*: `metrics.open_recall` / `exact_match_rate` on `answers.normalize_answer`.
     """
@@ -77,10 +81,8 @@ def score_benchmark(samples: list[Sample], completions: list[str | None]) -> dic
     if ground:
         g_samples = [s for s, _ in ground]
         g = grounding.summarize(g_samples, grounding.score_images(g_samples, [c for _, c in ground]))
-        out["grounding/mean_iou"] = g.mean_iou
-        out["grounding/map50"] = g.map50
-        out["grounding/parse_rate"] = g.parse_rate
-        out["grounding/label_accuracy"] = g.label_accuracy
+        for name in GROUNDING_METRICS:
+            out[f"grounding/{name}"] = getattr(g, name)
     closed = [(s, c) for s, c in pairs if s.task in ("vqa", "text_qa") and s.choices]
     if closed:
         out["closed/accuracy"] = sum(label_accuracy(c, s) for s, c in closed) / len(closed)
@@ -129,10 +131,10 @@ def markdown_table(results: list[BenchResult]) -> str:
     lines = ["| benchmark | n | " + " | ".join(cols) + " | engine errors | seconds |",
              "|---|---|" + "---|" * len(cols) + "---|---|"]
     for r in results:
-        vals = [f"{100 * r.metrics[c]:.1f}" if c in r.metrics and "cider" not in c else
+        vals = [f"{100 * r.metrics[c]:.1f}" if c in r.metrics and c not in NOT_PERCENT else
                 (f"{r.metrics[c]:.3f}" if c in r.metrics else "—") for c in cols]
         lines.append(f"| {r.name} | {r.n} | " + " | ".join(vals) + f" | {r.errors} | {r.seconds:.1f} |")
     lines.append("")
-    lines.append("Percentages except CIDEr-D. RaTE and Semb: skipped — they need the RaTE-Score and a "
+    lines.append("Percentages except CIDEr-D and boxes per image. RaTE and Semb: skipped — they need the RaTE-Score and a "
                  "sentence-embedding model (supply them via medmo_rl.metrics.rate_score / semb_score).")
     return "\n".join(lines)

@@ -89,6 +89,7 @@ class SFTStageConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     save_every_steps: NonNegInt = 500
+    keep_checkpoints: PositiveInt = 2  # Ray Train checkpoints kept (more: e.g. to eval a learning curve)
     log_every_steps: PositiveInt = 10
 
 

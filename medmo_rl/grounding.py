@@ -3,17 +3,27 @@ SFT's checkpoint evaluation (`sft.evaluate`) both read their numbers from here.
 
 Per image (`score_image`): the completion is parsed ONCE (`answers.parse_completion`: the last
 <answer> body, else the text after the reasoning), its 0–1000 boxes are mapped to pixels with the
-sample's image_size (`boxes.to_pixels`), and the valid ones kept (`boxes.is_valid_box`). Then
+sample's image_size (`boxes.to_pixels`), and the valid ones kept (`boxes.is_valid_box`). The valid
+boxes are matched one-to-one to the G ground-truth boxes by `metrics.hungarian_match` on 1 − IoU
+(the project's one matcher); M is the set of matched pairs, P the number of predicted boxes
+(valid or not: an invalid box is a wrong prediction). Then
 
-    iou            = (1/G) Σ_{(p, g) ∈ M} IoU(p, g)   M: Hungarian matching on 1 − IoU
-                     (`metrics.matched_iou`); unmatched GT boxes count 0, extra predictions nothing
+    iou            = (1/G) Σ_{(p, g) ∈ M} IoU(p, g)   unmatched GT boxes count 0 (`metrics.matched_iou`)
+    tp50           = |{(p, g) ∈ M : IoU(p, g) ≥ 0.5}|
     parsed         = the answer holds at least one box, valid or not
     label_accuracy = `answers.label_accuracy`, the reward's accuracy part for grounding
 
-Over a benchmark (`summarize`): mean_iou and label_accuracy are means over images, parse_rate the
-share parsed, map50 is `metrics.map50` on the valid boxes with every label compared after
-`answers.normalize_answer` (the reward's rule; "Nodule." names class "nodule") and every
-prediction scored 1.0, so the model's output order ranks them.
+Over a benchmark of N images (`summarize`), pooled over boxes where the metric is about boxes:
+
+    mean_iou        = Σ_i Σ_{M_i} IoU / Σ_i G_i          per GT box, 0 where unmatched
+    precision50     = Σ tp50 / Σ P      recall50 = Σ tp50 / Σ G      (0 when the denominator is 0)
+    f1_50           = 2·precision50·recall50 / (precision50 + recall50)   (0 when both are 0)
+    count_acc       = (1/N) Σ_i [P_i = G_i]
+    boxes_per_image = (1/N) Σ_i P_i
+    parse_rate      = (1/N) Σ_i parsed_i,  label_accuracy = (1/N) Σ_i label_accuracy_i
+    map50           = `metrics.map50` on the valid boxes with every label compared after
+                      `answers.normalize_answer` (the reward's rule; "Nodule." names class "nodule")
+                      and every prediction scored 1.0, so the model's output order ranks them.
 Pure: no I/O.
 """
 from __future__ import annotations
@@ -22,14 +32,18 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from medmo_rl.answers import label_accuracy, normalize_answer, parse_completion
-from medmo_rl.boxes import REL_SCALE, Box, is_valid_box, to_pixels
-from medmo_rl.metrics import map50, matched_iou
+from medmo_rl.boxes import REL_SCALE, Box, iou_matrix, is_valid_box, to_pixels
+from medmo_rl.metrics import hungarian_match, map50
 from medmo_rl.schema import Sample
 
 
 @dataclass(frozen=True)
 class ImageGrounding:
     iou: float  # Hungarian-matched IoU with the sample's GT boxes, in [0, 1]
+    iou_sum: float  # Σ over matched pairs of their IoU (= iou · G)
+    tp50: int  # matched pairs with IoU ≥ 0.5
+    n_pred: int  # predicted boxes, valid or not
+    n_gt: int  # ground-truth boxes
     parsed: bool  # the answer holds at least one box (valid or not)
     boxes: tuple[Box, ...]  # the valid predicted boxes, absolute pixels of the original image
     labels: tuple[str, ...]  # one per box, as written
@@ -38,11 +52,30 @@ class ImageGrounding:
 
 @dataclass(frozen=True)
 class GroundingMetrics:
-    mean_iou: float  # (1/N) Σ_i iou_i
+    """Benchmark-level grounding metrics; the formulas are in the module docstring."""
+    mean_iou: float  # per GT box
+    precision50: float
+    recall50: float
+    f1_50: float
+    count_acc: float
+    boxes_per_image: float
     map50: float  # COCO-style AP at IoU 0.5, mean over the GT classes
-    parse_rate: float  # (1/N) Σ_i parsed_i
-    label_accuracy: float  # (1/N) Σ_i label_accuracy_i
+    parse_rate: float
+    label_accuracy: float
     n: int  # images scored
+
+
+def _matched_ious(preds: Sequence[Box], gts: Sequence[Box]) -> list[float]:
+    """IoU of each pair of the Hungarian matching on 1 − IoU (`metrics.matched_iou`'s matching)."""
+    if not preds or not gts:
+        return []
+    ious = iou_matrix(preds, gts)
+    rows, cols = hungarian_match(1.0 - ious)
+    return [float(v) for v in ious[rows, cols]]
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
 
 
 def score_image(sample: Sample, completion: str | None) -> ImageGrounding:
@@ -56,8 +89,14 @@ def score_image(sample: Sample, completion: str | None) -> ImageGrounding:
     pixel = [(to_pixels(b, size), lab) for b, lab in zip(parsed.boxes.boxes, parsed.boxes.labels)]
     valid = [(b, lab) for b, lab in pixel if is_valid_box(b)]
     boxes = tuple(b for b, _ in valid)
+    gts = list(sample.boxes)
+    matched = _matched_ious(boxes, gts)
     return ImageGrounding(
-        iou=matched_iou(boxes, list(sample.boxes)),
+        iou=(sum(matched) / len(gts)) if gts else float(not boxes),  # as metrics.matched_iou
+        iou_sum=sum(matched),
+        tp50=sum(v >= 0.5 for v in matched),
+        n_pred=len(parsed.boxes.boxes),
+        n_gt=len(gts),
         parsed=bool(parsed.boxes.boxes),
         boxes=boxes,
         labels=tuple(lab for _, lab in valid),
@@ -75,8 +114,15 @@ def summarize(samples: Sequence[Sample], scores: Sequence[ImageGrounding]) -> Gr
     if not scores or len(samples) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(samples)} samples: need one per sample, at least one")
     n = len(scores)
+    tp, n_pred, n_gt = (sum(getattr(s, k) for s in scores) for k in ("tp50", "n_pred", "n_gt"))
+    precision, recall = _ratio(tp, n_pred), _ratio(tp, n_gt)
     return GroundingMetrics(
-        mean_iou=sum(s.iou for s in scores) / n,
+        mean_iou=_ratio(sum(s.iou_sum for s in scores), n_gt),
+        precision50=precision,
+        recall50=recall,
+        f1_50=_ratio(2 * precision * recall, precision + recall),
+        count_acc=sum(s.n_pred == s.n_gt for s in scores) / n,
+        boxes_per_image=n_pred / n,
         map50=map50([list(s.boxes) for s in scores], [[normalize_answer(lab) for lab in s.labels] for s in scores],
                     [list(x.boxes) for x in samples], [[normalize_answer(lab) for lab in x.labels] for x in samples]),
         parse_rate=sum(s.parsed for s in scores) / n,

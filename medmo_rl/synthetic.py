@@ -1,21 +1,23 @@
 """A deterministic synthetic "lesion" dataset the tiny default can learn from in minutes.
 
-Each image is a grey, textured, noisy square with (usually) one bright lesion — an ellipse or a
-rectangle spanning 15–50 % of the side — called a "mass" when it covers more than 9 % of the
-image and a "nodule" otherwise (radiology's size rule), so its kind can be seen in the pixels.
-From the same image the generator makes records of every task in the schema:
+Each image (v3) is a grey, textured, noisy square with 1–4 bright, non-overlapping lesions —
+ellipses or rectangles — of two kinds the pixels tell apart by size, as in radiology: a "nodule"
+spans 12–22 % of the side, a "mass" 28–42 % (the gap keeps the kinds separable at 64 px). 10 % of
+the images are normal. From the same image the generator makes records of every task in the schema:
 
-  grounding  "Locate the lesion."            → "nodule <box>[[x1, y1, x2, y2]]</box>"  (0–1000)
-  vqa closed "Is there a lesion in the image?" → "yes" | "no"
-  vqa open   "What kind of lesion is shown?" → "nodule" | "mass"
-  caption    "Describe the image."           → "A bright nodule in the upper left."
-  report     "Write the findings."           → "Findings: ... Impression: ..."
+  grounding  "Locate every lesion."  → "nodule <box>[[x1, y1, x2, y2], […]]</box>; mass <box>[[…]]</box>"
+             (MedMO's multi-label form, 0–1000; nodules first, then masses, each in reading order)
+  vqa closed "Is there a lesion in the image?"  → "yes" | "no"
+  vqa open   "How many lesions are shown?"      → "1" … "4"
+  vqa open   "What kinds of lesion are shown?"  → "nodule" | "mass" | "nodule and mass"
+  caption    "Describe the image."              → "Two bright lesions: a nodule in the upper left and a mass …"
+  report     "Write the findings."              → "Findings: … Impression: …"
   text_qa    fixed medical facts, no image
 
-Record i depends only on (seed, i), so any subset is reproducible on its own.
-The recipe follows one measured to work on 2 CPU cores: 64 px grey noisy images, one bright ellipse or
-rectangle of 15–50 % of the side, integer 0–1000 boxes (a 0.87M-parameter Qwen3-VL reached greedy
-mean IoU 0.87 on 200 held-out images after 3000 steps of lr 1e-3).
+Lesion counts: P(1, 2, 3, 4) = (0.3, 0.3, 0.2, 0.2) on images with lesions, so about 70 % of
+grounding images hold two or more — where matching several predictions to several boxes matters,
+and where a small model misses or invents boxes. Record i depends only on (seed, i), so any subset
+is reproducible on its own.
 """
 from __future__ import annotations
 
@@ -29,10 +31,16 @@ from PIL import Image
 from medmo_rl.boxes import format_grounding_answer, to_relative
 from medmo_rl.schema import Sample, write_jsonl
 
-GROUNDING_PROMPT = "Locate the lesion."
-KINDS = ("nodule", "mass")
+GROUNDING_PROMPT = "Locate every lesion."
+COUNT_PROMPT = "How many lesions are shown?"
+KIND_PROMPT = "What kinds of lesion are shown?"
+KINDS = ("nodule", "mass")  # also the order of the answer's segments
 SHAPES = ("ellipse", "rectangle")
-MASS_AREA = 0.09  # a lesion covering more of the image than this is a "mass" (and "large" in reports)
+SIDE_RANGE = {"nodule": (0.12, 0.22), "mass": (0.28, 0.42)}  # fraction of the image side, per kind
+COUNT_PROBS = (0.3, 0.3, 0.2, 0.2)  # P(1..4 lesions) on an image with lesions
+NORMAL_FRACTION = 0.1  # images without a lesion, so "is there a lesion?" has both answers
+MASS_PROB = 0.4  # each lesion is a mass with this probability, else a nodule
+_NUMBER_WORDS = ("no", "one", "two", "three", "four")
 _TEXT_QA = (
     ("Which imaging modality uses X-rays to build cross-sectional images?", "CT"),
     ("Which imaging modality uses strong magnetic fields?", "MRI"),
@@ -58,58 +66,82 @@ def _region(box: tuple[int, int, int, int], size: int) -> str:
     return "centre" if (v, h) == ("middle", "centre") else f"{v} {h}"
 
 
-def draw_image(rng: np.random.Generator, size: int, with_lesion: bool = True) -> tuple[Image.Image, Lesion | None]:
-    """Grey texture + noise + optionally one bright ellipse/rectangle; returns the image and lesion."""
+def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def place_lesions(rng: np.random.Generator, size: int, n: int, *, tries: int = 50) -> list[Lesion]:
+    """Up to n lesions, each kept ≥ 2 px from the others (rejection sampling; a lesion that finds
+    no free place in `tries` draws is dropped, so crowded images may hold fewer than n)."""
+    out: list[Lesion] = []
+    for _ in range(n):
+        kind = "mass" if rng.random() < MASS_PROB else "nodule"
+        lo, hi = (max(2, int(round(f * size))) for f in SIDE_RANGE[kind])
+        for _ in range(tries):
+            w, h = (int(rng.integers(lo, hi + 1)) for _ in range(2))
+            x1, y1 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            box = (x1, y1, x1 + w, y1 + h)
+            if all(_apart(box, o.box, 2) for o in out):
+                out.append(Lesion(kind, box))
+                break
+    return out
+
+
+def draw_image(rng: np.random.Generator, size: int, n_lesions: int = 1) -> tuple[Image.Image, list[Lesion]]:
+    """Grey texture + noise + `n_lesions` bright ellipses/rectangles; returns the image and lesions
+    sorted as the answer lists them (kind in KINDS order, then top-to-bottom, left-to-right)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     fx, fy, phase = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 6.28)
     texture = 0.5 + 0.5 * np.sin(fx * xx + phase) * np.cos(fy * yy)
     img = 60 + 40 * texture + rng.normal(0, 12, (size, size))
-    lesion = None
-    if with_lesion:
-        w, h = (int(rng.integers(int(0.15 * size), int(0.5 * size) + 1)) for _ in range(2))
-        x1, y1 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-        shape = SHAPES[int(rng.integers(0, 2))]
-        # the kind follows the size, as in radiology (a nodule is at most 3 cm, a mass larger), so it
-        # can be seen in the image; a label drawn independently of the pixels cannot be learned
-        kind = "mass" if w * h > MASS_AREA * size * size else "nodule"
-        if shape == "ellipse":
-            cx, cy, rx, ry = x1 + w / 2 - 0.5, y1 + h / 2 - 0.5, w / 2, h / 2
+    lesions = place_lesions(rng, size, n_lesions)
+    for les in lesions:
+        x1, y1, x2, y2 = les.box
+        if SHAPES[int(rng.integers(0, 2))] == "ellipse":
+            cx, cy, rx, ry = (x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5, (x2 - x1) / 2, (y2 - y1) / 2
             inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
         else:
-            inside = (xx >= x1) & (xx < x1 + w) & (yy >= y1) & (yy < y1 + h)
+            inside = (xx >= x1) & (xx < x2) & (yy >= y1) & (yy < y2)
         img[inside] = rng.uniform(185, 235) + rng.normal(0, 8, int(inside.sum()))
-        lesion = Lesion(kind, (x1, y1, x1 + w, y1 + h))
     arr = np.clip(img, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.stack([arr] * 3, axis=-1), "RGB"), lesion
+    lesions.sort(key=lambda les: (KINDS.index(les.kind), les.box[1], les.box[0]))
+    return Image.fromarray(np.stack([arr] * 3, axis=-1), "RGB"), lesions
+
+
+def _kinds_text(lesions: list[Lesion]) -> str:
+    return " and ".join(k for k in KINDS if any(les.kind == k for les in lesions))
 
 
 def make_records(index: int, seed: int, size: int, image_path: str) -> tuple[Image.Image, list[Sample]]:
     """The image of record `index` and every task's record about it."""
     rng = np.random.default_rng([seed, index])
-    has_lesion = rng.random() > 0.1  # 10 % normal images, so "is there a lesion?" has both answers
-    image, lesion = draw_image(rng, size, with_lesion=has_lesion)
+    n = 0 if rng.random() < NORMAL_FRACTION else 1 + int(rng.choice(len(COUNT_PROBS), p=COUNT_PROBS))
+    image, lesions = draw_image(rng, size, n)
     base = dict(images=(image_path,), image_size=(size, size), source="synthetic")
     sid = f"syn-{seed}-{index:06d}"
     out: list[Sample] = []
     out.append(Sample(id=f"{sid}-vqa-closed", task="vqa", prompt="Is there a lesion in the image?",
-                      answer="yes" if lesion else "no", choices=("yes", "no"), **base))
-    if lesion is None:
+                      answer="yes" if lesions else "no", choices=("yes", "no"), **base))
+    if not lesions:
         out.append(Sample(id=f"{sid}-caption", task="caption", prompt="Describe the image.",
                           answer="A normal image with no lesion.", **base))
         return image, out
-    rel = to_relative(lesion.box, (size, size))
-    region = _region(lesion.box, size)
+    kinds = [les.kind for les in lesions]
     out.append(Sample(id=f"{sid}-grounding", task="grounding", prompt=GROUNDING_PROMPT,
-                      answer=format_grounding_answer([lesion.kind], [rel]),
-                      boxes=(tuple(float(c) for c in lesion.box),), labels=(lesion.kind,), **base))
-    out.append(Sample(id=f"{sid}-vqa-open", task="vqa", prompt="What kind of lesion is shown?",
-                      answer=lesion.kind, **base))
+                      answer=format_grounding_answer(kinds, [to_relative(les.box, (size, size)) for les in lesions]),
+                      boxes=tuple(tuple(float(c) for c in les.box) for les in lesions), labels=tuple(kinds), **base))
+    out.append(Sample(id=f"{sid}-vqa-count", task="vqa", prompt=COUNT_PROMPT, answer=str(len(lesions)), **base))
+    out.append(Sample(id=f"{sid}-vqa-open", task="vqa", prompt=KIND_PROMPT, answer=_kinds_text(lesions), **base))
+    where = [f"a {les.kind} in the {_region(les.box, size)}" for les in lesions]
+    count = _NUMBER_WORDS[len(lesions)]
+    head = "One bright lesion" if len(lesions) == 1 else f"{count.capitalize()} bright lesions"
     out.append(Sample(id=f"{sid}-caption", task="caption", prompt="Describe the image.",
-                      answer=f"A bright {lesion.kind} in the {region}.", **base))
-    big = lesion.kind == "mass"
+                      answer=f"{head}: {', '.join(where[:-1]) + ' and ' if len(where) > 1 else ''}{where[-1]}.", **base))
+    sized = [f"a {'large' if les.kind == 'mass' else 'small'} {les.kind} in the {_region(les.box, size)}"
+             for les in lesions]
     out.append(Sample(id=f"{sid}-report", task="report", prompt="Write the findings.",
-                      answer=f"Findings: a {'large' if big else 'small'} {lesion.kind} in the {region}. "
-                             f"Impression: {lesion.kind}.", **base))
+                      answer=f"Findings: {count} {'lesion' if len(lesions) == 1 else 'lesions'}: {'; '.join(sized)}. "
+                             f"Impression: {_kinds_text(lesions)}.", **base))
     return image, out
 
 
@@ -129,7 +161,7 @@ def generate(out_dir: str | os.PathLike, n_images: int, *, seed: int = 0, size: 
     """
     out = Path(out_dir)
     meta = out / "META"
-    stamp = f"n={n_images} seed={seed} size={size} start={start} v2\n"  # v2: kind by size
+    stamp = f"n={n_images} seed={seed} size={size} start={start} v3\n"  # v3: 1–4 lesions per image
     names = ("grounding", "vqa", "caption", "report", "text_qa", "all")
     paths = {k: out / f"{k}.jsonl" for k in names}
     if meta.exists() and meta.read_text() == stamp and all(p.exists() for p in paths.values()):

@@ -52,9 +52,10 @@ def _corpus(seed: int) -> list[str]:
 
     rng = np.random.default_rng(seed)
     lines = [q + " " + a for q, a in synthetic._TEXT_QA]
-    lines += ["system user assistant", "Locate the lesion.", "Is there a lesion in the image?", "What kind of lesion is shown?",
+    lines += ["system user assistant", synthetic.GROUNDING_PROMPT, "Is there a lesion in the image?",
+              synthetic.COUNT_PROMPT, synthetic.KIND_PROMPT, "Two bright lesions: a nodule in the upper left and a mass.",
               "Describe the image.", "Write the findings.", "A normal image with no lesion.",
-              "Findings: a large nodule in the upper left. Impression: nodule.", "yes no maybe",
+              "Findings: three lesions: a large mass in the upper left; a small nodule. Impression: nodule and mass.", "yes no maybe",
               "Think inside <think> </think>, then give the final answer inside <answer> </answer>."]
     words = ("the a of and in with no is are patient chest x-ray ct mri ultrasound lesion nodule mass "
              "fracture opacity effusion pneumonia cell nuclei platelets rbc wbc blood tumor normal "

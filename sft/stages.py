@@ -79,7 +79,7 @@ def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig,
         scaling_config=ray.train.ScalingConfig(num_workers=sft.num_workers, use_gpu=sft.use_gpu,
                                                resources_per_worker={"CPU": sft.cpus_per_worker}),
         run_config=ray.train.RunConfig(storage_path=str(stage_dir.parent), name=stage_dir.name,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
     t0 = time.time()
     # the loop runs in the Ray Train workers; rank 0's metrics rows drive the console's bar

@@ -19,6 +19,8 @@ def test_grounding_iou_is_computed_in_pixels_from_0_1000_output():
     assert m["grounding/parse_rate"] == 1.0
     assert m["grounding/map50"] == pytest.approx(1.0)  # both are TP at IoU >= 0.5
     assert m["grounding/label_accuracy"] == 1.0  # both name "nodule", as the reward's accuracy reads it
+    assert (m["grounding/precision50"], m["grounding/recall50"], m["grounding/f1_50"]) == (1.0, 1.0, 1.0)
+    assert (m["grounding/count_acc"], m["grounding/boxes_per_image"]) == (1.0, 1.0)
 
 
 def test_engine_errors_count_as_wrong_and_invalid_boxes_are_dropped():

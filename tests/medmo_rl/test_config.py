@@ -126,6 +126,6 @@ def test_cli_bad_override_exits_2(capsys):
 
 def test_overlong_limit_must_match_rollout_limit():
     with pytest.raises(ConfigError, match="reward.max_completion_tokens"):
-        load_config(None, ["rl.max_completion_tokens=128"])
-    c = load_config(None, ["rl.max_completion_tokens=128", "reward.max_completion_tokens=128"])
-    assert c.rl.max_completion_tokens == 128
+        load_config(None, ["rl.max_completion_tokens=96"])
+    c = load_config(None, ["rl.max_completion_tokens=96", "reward.max_completion_tokens=96"])
+    assert c.rl.max_completion_tokens == 96

@@ -71,3 +71,30 @@ def test_bad_inputs_raise():
     assert invented.iou == 0.0 and invented.parsed and len(invented.boxes) == 1
     with pytest.raises(ValueError, match="one per sample"):
         summarize([_g([(1.0, 1.0, 2.0, 2.0)])], [])
+
+
+def test_multi_object_metrics_by_hand_two_gt_three_predictions_one_miss():
+    """Image A: GT a = (0,0,20,20), b = (50,50,90,90); predictions p1 = a exactly (IoU 1),
+    p2 = (50,50,90,70) on b (IoU 800/1600 = 0.5, a TP at the ≥ 0.5 rule), p3 = (20,60,40,80) far
+    from both (an FP: Hungarian gives b to p2, whose IoU 0.5 beats p3's 0).
+    Image B: GT c = (10,10,30,30) missed: the only prediction (60,60,80,80) has IoU 0 with c.
+    Pooled: Σ IoU = 1 + 0.5 + 0 over 3 GT boxes → mean_iou 0.5; TP = 2 of 4 predictions
+    → precision 0.5, TP = 2 of 3 GT → recall 2/3, F1 = 2·0.5·(2/3)/(0.5 + 2/3) = 4/7;
+    count_acc: A has 3 ≠ 2, B has 1 = 1 → 0.5; boxes_per_image (3 + 1)/2 = 2."""
+    a = _g([(0.0, 0.0, 20.0, 20.0), (50.0, 50.0, 90.0, 90.0)])
+    b = _g([(10.0, 10.0, 30.0, 30.0)])
+    comps = ["nodule <box>[[0, 0, 200, 200], [500, 500, 900, 700], [200, 600, 400, 800]]</box>",
+             "nodule <box>[[600, 600, 800, 800]]</box>"]
+    scores = score_images([a, b], comps)
+    assert (scores[0].tp50, scores[0].n_pred, scores[0].n_gt) == (2, 3, 2)
+    assert scores[0].iou == pytest.approx(0.75) and scores[1].iou == 0.0
+    m = summarize([a, b], scores)
+    assert m.mean_iou == pytest.approx(1.5 / 3)  # per GT box, not the per-image mean (0.75 + 0)/2
+    assert m.precision50 == pytest.approx(0.5) and m.recall50 == pytest.approx(2 / 3)
+    assert m.f1_50 == pytest.approx(4 / 7)
+    assert m.count_acc == pytest.approx(0.5) and m.boxes_per_image == pytest.approx(2.0)
+
+
+def test_no_prediction_anywhere_gives_zero_precision_not_nan():
+    m = summarize([_g([(0.0, 0.0, 10.0, 10.0)])], score_images([_g([(0.0, 0.0, 10.0, 10.0)])], ["no lesion"]))
+    assert (m.precision50, m.recall50, m.f1_50, m.boxes_per_image, m.count_acc) == (0.0, 0.0, 0.0, 0.0, 0.0)

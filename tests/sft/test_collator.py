@@ -8,6 +8,7 @@ import torch
 
 from medmo_rl.prompts import target_text
 from medmo_rl.schema import load_samples
+from medmo_rl.synthetic import GROUNDING_PROMPT
 from sft.collator import SFTCollator
 from sft.loss import IGNORE
 
@@ -49,7 +50,7 @@ def test_labels_are_exactly_the_answer_and_end_of_turn(processor, grounding, ans
     assert torch.equal(batch.mm_token_type_ids[0].bool(), pads)
     assert batch.image_grid_thw.tolist() == [[1, 4, 4]] and batch.pixel_values.shape[0] == 16
     prompt = processor.tokenizer.decode(ids[:-n])
-    assert prompt.endswith("<|im_start|>assistant\n") and "Locate the lesion." in prompt
+    assert prompt.endswith("<|im_start|>assistant\n") and GROUNDING_PROMPT in prompt
     if answer_format == "think_answer":
         assert prompt.startswith("<|im_start|>system\n")
     assert batch.num_target_tokens == n
@@ -91,9 +92,9 @@ def test_bad_records_are_skipped_counted_and_named(processor, grounding, tmp_pat
     corrupt.write_bytes(b"not a png at all")
     missing = dataclasses.replace(grounding[1], id="rec-missing", images=(str(tmp_path / "gone.png"),))
     broken = dataclasses.replace(grounding[2], id="rec-corrupt", images=(str(corrupt),))
-    long_ = dataclasses.replace(grounding[3], id="rec-long", prompt="Locate the lesion. " * 40)
+    long_ = dataclasses.replace(grounding[3], id="rec-long", prompt="Locate the lesion. " * 80)
     good = [grounding[0], grounding[4]]
-    col = _collator(processor, max_seq_len=64)
+    col = _collator(processor, max_seq_len=200)
     with caplog.at_level("WARNING"):
         batch = col([good[0], missing, broken, long_, good[1], missing])
     assert batch.sample_ids == (good[0].id, good[1].id)

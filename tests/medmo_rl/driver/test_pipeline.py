@@ -148,7 +148,11 @@ def test_ray_job_submit_runs_all_stages(submitted_run):
     assert (d / "rl" / "reward_curve.png").stat().st_size > 1000
     summary = json.loads((d / "summary.json").read_text())
     assert set(summary["evals"]) == {"base", "sft", "rl"}
-    assert "synthetic_eval_grounding:grounding/mean_iou" in summary["evals"]["rl"]
+    names = ("mean_iou", "precision50", "recall50", "f1_50", "count_acc", "boxes_per_image", "map50", "parse_rate")
+    for model in ("sft", "rl"):  # issue 13's names, the layout evals[model]["<benchmark>:grounding/<metric>"]
+        assert {f"synthetic_eval_grounding:grounding/{n}" for n in names} <= set(summary["evals"][model])
+    pred = json.loads((d / "eval" / "rl" / "synthetic_eval_grounding.predictions.jsonl").read_text().splitlines()[0])
+    assert set(pred) == {"id", "completion", "answer"}
     assert (d / "eval" / "rl" / "results.md").is_file()
 
 
