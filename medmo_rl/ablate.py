@@ -112,6 +112,19 @@ def markdown(results: dict[str, dict[str, float]], rows: list[Row], meta: dict, 
     return "\n".join(lines) + "\n"
 
 
+TABLE_START, TABLE_END = "<!-- ablate: table -->", "<!-- ablate: end of table -->"
+
+
+def splice(document: str, table: str) -> str:
+    """The document with the text between its table markers replaced (written analysis around the
+    table survives a rerun); a document without markers becomes the table alone."""
+    block = f"{TABLE_START}\n{table}{TABLE_END}\n"
+    if TABLE_START in document and TABLE_END in document:
+        head, rest = document.split(TABLE_START, 1)
+        return head + block + rest.split(TABLE_END, 1)[1].lstrip("\n")
+    return block
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medmo_rl.ablate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="recipe YAML (default: the tiny default)")
@@ -129,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, rows, meta, "python -m medmo_rl.ablate " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        out = Path(args.out)
+        out.write_text(splice(out.read_text() if out.exists() else "", text))
         print(f"written: {args.out}")
     return 0
 

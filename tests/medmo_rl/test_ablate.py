@@ -28,3 +28,13 @@ def test_markdown_table_has_a_row_per_variant_in_percent():
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
     assert len(lines) == 1 + len(ROWS)  # header + one per row
     assert "| 2.25 |" in lines[1] and "| 50.0 |" in lines[1]
+
+
+def test_a_rerun_replaces_the_table_and_keeps_the_analysis_around_it():
+    from medmo_rl.ablate import splice
+
+    first = splice("", "| old |\n")
+    doc = "# intro\n" + first + "## What we see\nspam.\n"
+    again = splice(doc, "| new |\n")
+    assert "| new |" in again and "| old |" not in again
+    assert again.startswith("# intro\n") and again.endswith("## What we see\nspam.\n")
