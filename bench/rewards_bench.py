@@ -1,16 +1,20 @@
 """Benchmark of the rewards: vectorised bbox reward, and the HTTP service under load.
 
-    python bench/rewards_bench.py [--seconds 5] [--batch 256] [--clients 64]
+    python bench/rewards_bench.py [--seconds 5] [--batch 256] [--clients 64] [--workers 1,2]
 
 Prints, in one run:
 1. bbox_reward_batch vs the per-sample reference (bbox_reward_reference) on grounding batches
    like the RL stage's (1–3 GT boxes, the model giving one box fewer to one more): asserts
    identical values, prints the speedup (goal ≥ 20×);
-2. service throughput: `python -m rewards.serve` (one uvicorn process) in a subprocess, one
-   client posting pre-serialised batches of --batch completions back to back; completions/s and
-   p50/p99 request latency (goal ≥ 10k completions/s at batch 256);
-3. --clients concurrent clients (threads, one connection each) posting batches of 32;
-   errors counted (HTTP ≠ 200, or an item with an error) — the goal is 0.
+2. the per-phase split of one /v1/score request body, in-process: JSON decode + envelope
+   (msgspec), record validation (cold, and from the reference cache), scoring, response encode;
+3. for each --workers count: `python -m rewards.serve --workers N` in a subprocess, one client
+   posting pre-serialised batches of --batch completions back to back (completions/s, p50/p99;
+   goal ≥ 25k completions/s at batch 256 from one process), then --clients concurrent clients
+   (threads, one connection each) posting batches of 32 (goal p99 < 100 ms; errors — HTTP ≠ 200,
+   or an item with an error — counted, the goal is 0);
+4. the one-process throughput again with the reference cache off (--reference-cache 0): the
+   bench re-sends one body, so the cache always hits above; this is the cold-validation figure.
 A benchmark, not a test: numbers depend on the machine (and on what else runs on it).
 """
 from __future__ import annotations
@@ -108,11 +112,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(port: int) -> subprocess.Popen:
+def bench_phases(batch: int) -> None:
+    from medmo_rl.config import RewardConfig
+    from rewards import api
+    from rewards.composite import ScoreItem, score_items
+    from rewards.labels import ReferenceCache
+    from rewards.service import _encoder, _reference_from_raw, _result_body, _score_decoder, score_batch
+
+    print(f"== one /v1/score body of {batch} completions, in-process (best of 20) ==")
+    config = RewardConfig()
+    body = json.dumps({"items": score_items_json(np.random.default_rng(0), batch)}).encode()
+    request = api.decode(_score_decoder, body)
+    raws = [bytes(it.reference) for it in request.items]
+    warm = ReferenceCache()
+    refs = [warm.get(r, _reference_from_raw) for r in raws]
+    items = [ScoreItem(it.completion, it.num_tokens, ref) for it, ref in zip(request.items, refs)]
+    response = api.ScoreResponse([_result_body(r) for r in score_items(items, config)])
+    phases = {
+        "decode + envelope (msgspec)": lambda: api.decode(_score_decoder, body),
+        "record validation, cold": lambda: [_reference_from_raw(r) for r in raws],
+        "record validation, cached": lambda: [warm.get(r, _reference_from_raw) for r in raws],
+        "scoring (score_items)": lambda: score_items(items, config),
+        "encode (msgspec)": lambda: _encoder.encode(response),
+        "whole body, cached refs": lambda: _encoder.encode(score_batch(body, config, warm)),
+        "whole body, cold refs": lambda: _encoder.encode(score_batch(body, config, ReferenceCache(0))),
+    }
+    for name, fn in phases.items():
+        t = best_time(fn, 20)
+        print(f"{name:30s} {t * 1e3:7.2f} ms  ({t / batch * 1e6:6.2f} us/completion)")
+
+
+def start_service(port: int, workers: int = 1, reference_cache: int | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("MEDMO_REWARD_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env)
+    cmd = [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if reference_cache is not None:
+        cmd += ["--reference-cache", str(reference_cache)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -124,8 +160,11 @@ def start_service(port: int) -> subprocess.Popen:
     raise RuntimeError("reward service did not come up")
 
 
-def bench_throughput(url: str, batch: int, seconds: float) -> None:
-    print(f"== service throughput: one client, batch {batch}, {seconds:.0f} s ==")
+def bench_throughput(url: str, batch: int, seconds: float, clients: int = 1) -> None:
+    """`clients` threads (one connection each) posting the same batch back to back."""
+    print(f"== service throughput: {clients} client(s), batch {batch}, {seconds:.0f} s ==")
+    if clients > 1:
+        return bench_concurrent(url, clients, seconds, batch)
     body = json.dumps({"items": score_items_json(np.random.default_rng(0), batch)}).encode()
     latencies = []
     with httpx.Client(base_url=url, timeout=60, headers={"content-type": "application/json"}) as client:
@@ -198,21 +237,30 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--workers", default="1,2", help="comma-separated service process counts to measure")
     args = p.parse_args()
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
     bench_bbox()
-    port = free_port()
-    proc = start_service(port)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        bench_throughput(url, args.batch, args.seconds)
-        bench_concurrent(url, args.clients, args.seconds)
-        metrics = httpx.get(f"{url}/metrics").text
-        counts = [ln for ln in metrics.splitlines() if ln.startswith(("medmo_reward_items_total", "medmo_reward_item_errors_total", "medmo_reward_requests_total"))]
-        print("service /metrics: " + "; ".join(counts))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    bench_phases(args.batch)
+    runs = [(int(w), None) for w in args.workers.split(",")] + [(1, 0)]
+    for workers, cache in runs:
+        port = free_port()
+        proc = start_service(port, workers, cache)
+        print(f"#### {workers} service process(es)" + (", reference cache off" if cache == 0 else ""))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            bench_throughput(url, args.batch, args.seconds)
+            if cache is None:  # 2 clients: enough to keep 2 processes busy (1→2 process scaling)
+                bench_throughput(url, args.batch, args.seconds, clients=2)
+                bench_concurrent(url, args.clients, args.seconds)
+                metrics = httpx.get(f"{url}/metrics").text
+                counts = [ln for ln in metrics.splitlines() if ln.startswith(
+                    ("medmo_reward_items_total", "medmo_reward_item_errors_total", "medmo_reward_requests_total"))]
+                print("service /metrics: " + "; ".join(counts))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 if __name__ == "__main__":

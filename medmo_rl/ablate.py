@@ -100,7 +100,7 @@ def _secs(v: float) -> str:
 
 
 def markdown(results: dict[str, dict[str, float]], rows: list[Row], meta: dict, command: str) -> str:
-    lines = ["# RL ablations on one SFT checkpoint (the paper's Table 4 in miniature)", "",
+    lines = ["## The paper's Table 4 in miniature", "",
              f"Made by `{command}` on {time.strftime('%Y-%m-%d')}; SFT checkpoint: `{meta['base']}/sft/stage3/final`. "
              f"Benchmark: {BENCHMARK} (held-out, greedy). Box metrics pool over GT boxes "
              "(`medmo_rl/grounding.py`); percentages except boxes/image.", "",

@@ -1,9 +1,12 @@
 """Run the reward service: one uvicorn process, or N Ray Serve replicas of the same FastAPI app.
 
-    python -m rewards.serve --host 127.0.0.1 --port 8000 [--config configs/tiny.yaml]
+    python -m rewards.serve --host 127.0.0.1 --port 8000 [--config configs/tiny.yaml] [--workers N]
+    python -m rewards.serve --tokenizer /models/Qwen3-VL-8B-Instruct ...   # /get_reward counts tokens (overlong part)
     python -m rewards.serve --port 8000 --replicas 4 [--cpus-per-replica 0.5] [--ray-address auto]
     MEDMO_REWARD_TOKEN=secret python -m rewards.serve ...   # then POST needs "Authorization: Bearer secret"
 
+--workers N runs N uvicorn worker processes on one port (the kernel spreads connections over
+them; /metrics then aggregates all workers through prometheus_client's multi-process mode).
 Inside a Ray job the RL driver calls `deploy_serve(config, replicas, host, port, cpus_per_replica)`.
 Binds 127.0.0.1 unless told otherwise. The reward config is the `reward:` section of a recipe
 YAML (`medmo_rl.config.load_config(path).reward`), default `RewardConfig()`.
@@ -11,26 +14,31 @@ YAML (`medmo_rl.config.load_config(path).reward`), default `RewardConfig()`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 
 from medmo_rl.config import RewardConfig, load_config
 
 from rewards.client import TOKEN_ENV
-from rewards.service import DEFAULT_MAX_BODY_BYTES, create_app
+from rewards.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_REFERENCE_CACHE, create_app
 
 SERVE_APP_NAME = "medmo-rewards"
+_WORKER_ARGS_ENV = "MEDMO_REWARD_WORKER_ARGS"  # how the parent hands its arguments to uvicorn's workers
 
 
 class RewardDeployment:
     """Ray Serve replica: builds the FastAPI app on the replica (nothing unpicklable is shipped)."""
 
-    def __init__(self, config: RewardConfig, token: str | None, max_body_bytes: int):
+    def __init__(self, config: RewardConfig, token: str | None, max_body_bytes: int, tokenizer: str | None = None):
         self._args = (config, token, max_body_bytes)
+        self._tokenizer = tokenizer
 
     def __serve_build_asgi_app__(self):
-        return create_app(*self._args)
+        return create_app(*self._args, tokenizer=self._tokenizer)
 
 
 def deploy_serve(
@@ -42,6 +50,7 @@ def deploy_serve(
     *,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    tokenizer: str | None = None,
 ) -> str:
     """Run the service as `replicas` Ray Serve replicas behind Serve's HTTP proxy on host:port.
 
@@ -57,7 +66,7 @@ def deploy_serve(
     deployment = serve.deployment(serve.ingress()(RewardDeployment), name="RewardService")
     app = deployment.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica}
-    ).bind(config, token, max_body_bytes)
+    ).bind(config, token, max_body_bytes, tokenizer)
     serve.run(app, name=SERVE_APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 
@@ -84,10 +93,52 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpus-per-replica", type=float, default=None, help="default: reward.cpus_per_replica")
     p.add_argument("--ray-address", default=None, help="ray.init address (default: join a running cluster or start one)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (without --replicas)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json or a HF model folder: /get_reward then scores the overlong part")
+    p.add_argument("--reference-cache", type=int, default=DEFAULT_REFERENCE_CACHE,
+                   help="validated references kept per process (0: validate every item)")
     args = p.parse_args(argv)
     if args.replicas < 0:
         p.error("--replicas must be >= 0")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    if args.workers > 1 and args.replicas:
+        p.error("--workers is for plain uvicorn serving; with Ray Serve use --replicas")
+    if args.reference_cache < 0:
+        p.error("--reference-cache must be >= 0")
     return args
+
+
+def worker_app():
+    """uvicorn's app factory in each --workers process: rebuilds the app from the parent's arguments."""
+    a = json.loads(os.environ[_WORKER_ARGS_ENV])
+    config = load_config(a["config"]).reward if a["config"] else RewardConfig()
+    return create_app(config, os.environ.get(TOKEN_ENV) or None, a["max_body_bytes"],
+                      tokenizer=a["tokenizer"], reference_cache=a["reference_cache"])
+
+
+def _run_uvicorn(args: argparse.Namespace, config: RewardConfig, token: str | None) -> None:
+    import uvicorn
+
+    common = dict(host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.workers == 1:
+        app = create_app(config, token, args.max_body_bytes, tokenizer=args.tokenizer,
+                         reference_cache=args.reference_cache)
+        uvicorn.run(app, **common)
+        return
+    # workers are fresh processes: they import the app by name and read their arguments from the env
+    os.environ[_WORKER_ARGS_ENV] = json.dumps({"config": args.config, "max_body_bytes": args.max_body_bytes,
+                                               "tokenizer": args.tokenizer, "reference_cache": args.reference_cache})
+    # prometheus_client's multi-process mode: each worker writes its values to files in this folder
+    created = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(prefix="medmo-reward-metrics-")
+    if created:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    try:
+        uvicorn.run("rewards.serve:worker_app", factory=True, workers=args.workers, **common)
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,10 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config).reward if args.config else RewardConfig()
     token = os.environ.get(TOKEN_ENV) or None
     if args.replicas == 0:
-        import uvicorn
-
-        app = create_app(config, token, args.max_body_bytes)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        _run_uvicorn(args, config, token)
         return
 
     import ray
@@ -107,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(address=args.ray_address)
     cpus = args.cpus_per_replica if args.cpus_per_replica is not None else config.cpus_per_replica
     url = deploy_serve(config, args.replicas, args.host, args.port, cpus, token=token,
-                       max_body_bytes=args.max_body_bytes)
+                       max_body_bytes=args.max_body_bytes, tokenizer=args.tokenizer)
     print(f"reward service: {args.replicas} Ray Serve replicas at {url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

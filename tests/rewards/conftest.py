@@ -17,3 +17,11 @@ def run_server():
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The offline tiny Qwen3-VL (medmo_rl/tiny_model.py), built once per session (≈ 5 s)."""
+    from medmo_rl.tiny_model import resolve_model
+
+    return resolve_model("", tmp_path_factory.mktemp("tiny-model"))

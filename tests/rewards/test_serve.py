@@ -70,3 +70,42 @@ def test_ray_serve_two_replicas(ray_local):
         assert httpx.post(f"{url}/v1/score", json=BODY).status_code == 401
     finally:
         serve.shutdown()
+
+
+def test_cli_two_workers_share_the_port_and_metrics(tmp_path, tiny_model_dir):
+    import psutil
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rewards.labels import encode_label
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MEDMO_REWARD_TOKEN", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "rewards.serve", "--port", str(port), "--workers", "2",
+                             "--tokenizer", str(tiny_model_dir)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(proc.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # uvicorn's supervisor starts its workers one after the other
+        workers = [c for c in psutil.Process(proc.pid).children() if "python" in c.name().lower()]
+        assert len(workers) >= 2
+        n = 12
+        for _ in range(n):  # new connections: the kernel spreads them over the workers
+            resp = httpx.post(f"{url}/get_reward", json={"query": ["p<answer>yes</answer><|im_end|>"], "prompts": ["p"],
+                                                         "labels": [encode_label(VQA_YES)]})
+            assert resp.status_code == 200
+            assert resp.json()["extra_logs"]["overlong"] == [0.0]  # --tokenizer: the overlong part is scored
+            assert httpx.post(f"{url}/v1/score", json=BODY).status_code == 200
+        counts = {}
+        for _ in range(4):  # whichever worker answers, /metrics counts every worker's requests
+            text = httpx.get(f"{url}/metrics").text
+            counts = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+                      for s in f.samples if s.name == "medmo_reward_requests_total"}
+            assert counts[(("route", "/get_reward"), ("status", "200"))] == n
+            assert counts[(("route", "/v1/score"), ("status", "200"))] == n
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

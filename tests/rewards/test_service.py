@@ -5,6 +5,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from reward_testlib import GROUNDING, MCQ, VQA_YES, ServerThread
 
 from medmo_rl.config import RewardConfig
@@ -127,14 +128,17 @@ def test_metrics_count_requests_items_errors(run_server):
     post(server.url, {"items": [item("yes", VQA_YES), item("yes", {"task": "?", "answer": "a"})]})
     post(server.url, {"items": [item("no", VQA_YES)] * 3})
     post(server.url, {"items": 1})
-    text = httpx.get(f"{server.url}/metrics").text
-    lines = dict(ln.rsplit(" ", 1) for ln in text.splitlines() if not ln.startswith("#"))
-    assert lines['medmo_reward_requests_total{status="200"}'] == "2"
-    assert lines['medmo_reward_requests_total{status="422"}'] == "1"
-    assert lines["medmo_reward_items_total"] == "5"
-    assert lines["medmo_reward_item_errors_total"] == "1"
-    assert lines["medmo_reward_request_seconds_count"] == "3"
-    assert lines['medmo_reward_request_seconds_bucket{le="+Inf"}'] == "3"
+    resp = httpx.get(f"{server.url}/metrics")
+    assert resp.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(resp.text) for s in family.samples}
+    route = ("route", "/v1/score")
+    assert samples[("medmo_reward_requests_total", (route, ("status", "200")))] == 2
+    assert samples[("medmo_reward_requests_total", (route, ("status", "422")))] == 1
+    assert samples[("medmo_reward_items_total", (route,))] == 5
+    assert samples[("medmo_reward_item_errors_total", (route,))] == 1
+    assert samples[("medmo_reward_request_seconds_count", (route,))] == 3
+    assert samples[("medmo_reward_request_seconds_bucket", (("le", "+Inf"), route))] == 3
 
 
 json_value = st.recursive(
