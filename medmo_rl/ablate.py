@@ -72,7 +72,7 @@ def run_rows(config: str | None, overrides: list[str], rows: list[Row]) -> tuple
     if not (base / "sft" / "stage3" / "final" / "DONE").exists():
         _run(py + ["--stages", "stage1,stage2,stage3", *overrides], logs / "sft.log")
     results: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float | None] = {}  # None: read from the base run, not rerun
     base_summary = base / "summary.json"
     base_evals = json.loads(base_summary.read_text())["evals"] if base_summary.exists() else {}
     for row in rows:
@@ -80,7 +80,7 @@ def run_rows(config: str | None, overrides: list[str], rows: list[Row]) -> tuple
         if not row.overrides and model in base_evals:  # the recipe itself: the base run already has its eval
             print(f"{row.key}: from {base_summary}", flush=True)
             results[row.key] = {c: base_evals[model][f"{BENCHMARK}:grounding/{c}"] for c in COLUMNS}
-            seconds[row.key] = float("nan")
+            seconds[row.key] = None
             continue
         name = f"{cfg.name}-ablate-{row.key}"
         row_dir = base.parent / name
@@ -95,8 +95,8 @@ def run_rows(config: str | None, overrides: list[str], rows: list[Row]) -> tuple
     return results, {"seconds": seconds, "base": str(base), "overrides": overrides}
 
 
-def _secs(v: float) -> str:
-    return "base run" if v != v else f"{v:.0f}"  # NaN: read from the base run, not rerun
+def _secs(v: float | None) -> str:
+    return "base run" if v is None else f"{v:.0f}"
 
 
 def markdown(results: dict[str, dict[str, float]], rows: list[Row], meta: dict, command: str) -> str:

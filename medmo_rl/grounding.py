@@ -5,7 +5,7 @@ Per image (`score_image`): the completion is parsed ONCE (`answers.parse_complet
 <answer> body, else the text after the reasoning), its 0–1000 boxes are mapped to pixels with the
 sample's image_size (`boxes.to_pixels`), and the valid ones kept (`boxes.is_valid_box`). The valid
 boxes are matched one-to-one to the G ground-truth boxes by `metrics.hungarian_match` on 1 − IoU
-(the project's one matcher); M is the set of matched pairs, P the number of predicted boxes
+(`metrics.matched_pair_ious`, the project's one matcher); M is the set of matched pairs, P the number of predicted boxes
 (valid or not: an invalid box is a wrong prediction). Then
 
     iou            = (1/G) Σ_{(p, g) ∈ M} IoU(p, g)   unmatched GT boxes count 0 (`metrics.matched_iou`)
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from medmo_rl.answers import label_accuracy, normalize_answer, parse_completion
-from medmo_rl.boxes import REL_SCALE, Box, iou_matrix, is_valid_box, to_pixels
-from medmo_rl.metrics import hungarian_match, map50
+from medmo_rl.boxes import REL_SCALE, Box, is_valid_box, to_pixels
+from medmo_rl.metrics import map50, matched_pair_ious
 from medmo_rl.schema import Sample
 
 
@@ -65,15 +65,6 @@ class GroundingMetrics:
     n: int  # images scored
 
 
-def _matched_ious(preds: Sequence[Box], gts: Sequence[Box]) -> list[float]:
-    """IoU of each pair of the Hungarian matching on 1 − IoU (`metrics.matched_iou`'s matching)."""
-    if not preds or not gts:
-        return []
-    ious = iou_matrix(preds, gts)
-    rows, cols = hungarian_match(1.0 - ious)
-    return [float(v) for v in ious[rows, cols]]
-
-
 def _ratio(num: float, den: float) -> float:
     return num / den if den else 0.0
 
@@ -90,9 +81,9 @@ def score_image(sample: Sample, completion: str | None) -> ImageGrounding:
     valid = [(b, lab) for b, lab in pixel if is_valid_box(b)]
     boxes = tuple(b for b, _ in valid)
     gts = list(sample.boxes)
-    matched = _matched_ious(boxes, gts)
+    matched = matched_pair_ious(boxes, gts)
     return ImageGrounding(
-        iou=(sum(matched) / len(gts)) if gts else float(not boxes),  # as metrics.matched_iou
+        iou=sum(matched) / len(gts) if gts else float(not boxes),  # metrics.matched_iou, from the one matching
         iou_sum=sum(matched),
         tp50=sum(v >= 0.5 for v in matched),
         n_pred=len(parsed.boxes.boxes),

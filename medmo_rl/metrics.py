@@ -84,22 +84,29 @@ def hungarian_match(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimum-cost one-to-one matching of a [P, G] cost matrix (Kuhn–Munkres, via scipy's
     linear_sum_assignment): rows, cols [min(P, G)] with rows ascending and
         Σ_k cost[rows_k, cols_k] = min over injective matchings of min(P, G) pairs.
-    The project's one matcher: matched_iou (so the grounding scorer) and rewards.bbox's scipy path."""
+    The project's one matcher: matched_pair_ious / matched_iou (so the grounding scorer) and rewards.bbox's
+    scipy path."""
     return linear_sum_assignment(np.asarray(cost, dtype=np.float64))
 
 
+def matched_pair_ious(preds: Sequence[Box], gts: Sequence[Box]) -> list[float]:
+    """IoU(p, g) of each pair (p, g) ∈ M, the one-to-one Hungarian matching on 1 − IoU
+    (`hungarian_match`); min(|P|, |G|) values, none when either side is empty."""
+    if not preds or not gts:
+        return []
+    ious = iou_matrix(preds, gts)
+    rows, cols = hungarian_match(1.0 - ious)
+    return [float(v) for v in ious[rows, cols]]
+
+
 def matched_iou(preds: Sequence[Box], gts: Sequence[Box]) -> float:
-    """Mean IoU after one-to-one Hungarian matching (`hungarian_match` on 1 − IoU):
+    """Mean IoU after one-to-one Hungarian matching (`matched_pair_ious`):
         (1/|G|) Σ_{(p,g) ∈ M} IoU(p, g)
     Unmatched ground-truth boxes count 0; extra predictions are not penalised (they are
     what mAP is for). No ground truth: 1.0 if no prediction either, else 0.0."""
     if not gts:
         return 0.0 if preds else 1.0
-    if not preds:
-        return 0.0
-    ious = iou_matrix(preds, gts)
-    rows, cols = hungarian_match(1.0 - ious)
-    return float(ious[rows, cols].sum()) / len(gts)
+    return sum(matched_pair_ious(preds, gts)) / len(gts)
 
 
 def mean_iou(preds: Sequence[Sequence[Box]], gts: Sequence[Sequence[Box]]) -> float:

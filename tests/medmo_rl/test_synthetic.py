@@ -2,9 +2,9 @@
 from collections import Counter
 
 import numpy as np
-import pytest
-
 from medmo_rl.boxes import parse_boxes, to_pixels
+from medmo_rl.config import load_config
+from medmo_rl.datasets import EVAL_OFFSET
 from medmo_rl.schema import load_samples
 from medmo_rl.synthetic import COUNT_PROMPT, KIND_PROMPT, SIDE_RANGE, make_records
 
@@ -90,13 +90,13 @@ def test_generated_dataset_covers_every_task_and_validates(synthetic_dir):
     assert answers == {"yes", "no"}
 
 
-@pytest.mark.parametrize("split_n", [240])
-def test_eval_split_meets_the_issue_floor(tmp_path, split_n):
-    """The held-out split of the tiny default (240 images from index 10⁷): ≥ 200 grounding images,
-    ≥ 30 % of them with two or more lesions."""
+def test_eval_split_meets_the_issue_floor(tmp_path):
+    """The held-out split of the tiny default (data.synthetic_eval images from EVAL_OFFSET):
+    ≥ 200 grounding images, ≥ 30 % of them with two or more lesions."""
+    data = load_config(None).data
     multi = total = 0
-    for i in range(10_000_000, 10_000_000 + split_n):
-        _, _, g = _grounding(i, tmp_path, seed=42)
+    for i in range(EVAL_OFFSET, EVAL_OFFSET + data.synthetic_eval):
+        _, _, g = _grounding(i, tmp_path, seed=data.seed, size=data.synthetic_image_px)
         if g is not None:
             total += 1
             multi += len(g.boxes) >= 2
