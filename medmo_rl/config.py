@@ -178,6 +178,11 @@ class RLConfig:
     kl_coef: NonNegFloat = 0.0  # β
     dynamic_sampling: bool = True
     max_extra_rounds: NonNegInt = 2  # extra generation rounds to refill dropped zero-std groups
+    # asynchronous RL (rl_loop.Rollouts): the rollout of steps s+1 … s+k runs while step s trains;
+    # 0 = strictly on-policy, one phase after another
+    max_staleness: NonNegInt = 0
+    # decoupled PPO's behaviour weight π_prox/π_behav is truncated here (algos.behaviour_weights)
+    max_is_ratio: Annotated[float, Range(1, why="a cap below 1 would shrink on-policy tokens too")] = 2.0
     num_learners: PositiveInt = 2
     cpus_per_learner: NonNegFloat = 1.0
     use_gpu: bool = False
@@ -192,6 +197,12 @@ class ClusterConfig:
     address: str = "auto"  # "auto": RAY_ADDRESS (set by ray job submit) if set, else a new local cluster; or an address
     num_cpus: PositiveInt = 8  # logical CPUs of a LOCAL cluster: more than 2 cores, so learners, rollout and rewards all fit
     allow_local: bool = True
+    # a stage reserving more CPUs than the cluster has: scale all its CPU reservations by supply/demand
+    # (Ray CPUs are logical; medmo_rl/driver/fit.py has the rule); false: stop with an error instead
+    fractional_cpus: bool = True
+    rollout_headroom: NonNegInt = 1  # spare rollout workers the RL fit leaves CPU room for (runtime resize)
+    autoscaler_wait_s: NonNegFloat = 0.0  # > 0: an autoscaler can add nodes; wait this long for a stage to fit
+    lost_after_s: NonNegFloat = 30.0  # the driver exits (code 75) when the GCS is unreachable this long; 0: never
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ One `train_step` = one rollout batch (this rank's shard), which LearnerGroup has
   1. each distinct image of the shard goes through the image processor once, and each micro-batch's
      inputs are built once for all the forwards below;
   2. old log-probs recomputed under the current weights (no grad) — π_old of eq. 4; the engine's
-     (vLLM) log-probs are compared with them (≈1e-6 apart in fp32) and the gap reported;
+     (vLLM) log-probs are compared with them (≈1e-6 apart in fp32) and the gap reported. Items
+     the rollout generated with older weights (rl.max_staleness ≥ 1: TrainItem.staleness > 0)
+     are weighted by decoupled PPO's truncated π_old/π_engine (algos.behaviour_weights);
   3. per mini-batch, forward + backward of every micro-batch (plus a reference forward when the KL
      term is on), then the optimizer step. Each micro-batch loss is divided by the global token
      count of its mini-batch (all ranks), then ×world_size because DDP averages gradients over ranks;
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from medmo_rl.algos import LossStats, dapo_policy_loss, right_pad, token_logprobs
+from medmo_rl.algos import LossStats, behaviour_weights, dapo_policy_loss, right_pad, token_logprobs
 from medmo_rl.checkpoint import load_train_state, load_weights, restore_train_state, save_checkpoint
 from medmo_rl.config import ModelConfig, RLConfig
 from medmo_rl.parallel import adamw, full_state_dict, grad_sync, optimizer_step, wrap_for_training
@@ -64,33 +66,37 @@ class LearnStats:
     ratio_max: float
     kl: float  # mean per-token KL estimate to the reference (0 without one)
     entropy: float  # mean entropy of π_θ at the completion positions, nats
-    engine_logprob_mismatch: float  # mean |log π_old − log π_engine| (fp32: ≈1e-6; larger: inputs differ)
+    engine_logprob_mismatch: float  # mean |log π_old − log π_engine| over on-policy tokens (fp32: ≈1e-6; larger: inputs differ)
     engine_logprob_mismatch_max: float
     grad_norm: float  # before clipping, of the last optimizer step
     lr: float  # the learning rate the last optimizer step used
+    is_weight_mean: float  # mean behaviour weight w_t (algos.behaviour_weights); exactly 1 on-policy
+    is_truncated_frac: float  # fraction of tokens whose w_t hit rl.max_is_ratio
 
 
 def learn_stats(ranks: torch.Tensor, lr: float) -> LearnStats:
-    """Rows of `_pack` (one per rank, [W, 12]) → per-token means over all of them.
+    """Rows of `_pack` (one per rank, [W, 14]) → per-token means over all of them.
 
-        clip_low = Σ_ranks clip_low / Σ_ranks tokens   (likewise clip_high, ratio, kl, entropy)
+        clip_low = Σ_ranks clip_low / Σ_ranks tokens   (likewise clip_high, ratio, kl, entropy,
+                                                        is_weight, is_truncated)
         engine_logprob_mismatch = Σ |Δ| / Σ compared tokens;   the maxima: max over ranks
     grad_norm is the same on every rank (gradients are all-reduced before it is taken)."""
     sums, maxima = torch.stack([ranks.sum(0), ranks.amax(0)]).tolist()  # one copy to the host
-    loss, tokens, clip_low, clip_high, ratio, kl, entropy, gap, gap_tokens = sums[:9]
-    ratio_max, gap_max, grad_norm = maxima[9:]
+    loss, tokens, clip_low, clip_high, ratio, kl, entropy, gap, gap_tokens, is_weight, is_truncated = sums[:11]
+    ratio_max, gap_max, grad_norm = maxima[11:]
     n = max(tokens, 1.0)
     return LearnStats(loss=loss, tokens=tokens, clip_low=clip_low / n, clip_high=clip_high / n, ratio=ratio / n,
                       ratio_max=ratio_max, kl=kl / n, entropy=entropy / n,
                       engine_logprob_mismatch=gap / max(gap_tokens, 1.0), engine_logprob_mismatch_max=gap_max,
-                      grad_norm=grad_norm, lr=lr)
+                      grad_norm=grad_norm, lr=lr, is_weight_mean=is_weight / n, is_truncated_frac=is_truncated / n)
 
 
 def _pack(s: LossStats, gap: torch.Tensor, gap_tokens: torch.Tensor, gap_max: torch.Tensor,
           grad_norm: torch.Tensor) -> torch.Tensor:
-    """[12] on the device: the sums first, then the maxima, in `learn_stats`' order."""
+    """[14] on the device: the sums first, then the maxima, in `learn_stats`' order."""
     return torch.stack([t.to(torch.float64) for t in (s.loss, s.tokens, s.clip_low, s.clip_high, s.ratio, s.kl,
-                                                        s.entropy, gap, gap_tokens, s.ratio_max, gap_max, grad_norm)])
+                                                        s.entropy, gap, gap_tokens, s.is_weight, s.is_truncated,
+                                                        s.ratio_max, gap_max, grad_norm)])
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class _MicroBatch:
     advantages: torch.Tensor  # [B]
     engine: torch.Tensor  # [B, T] the engine's log-probs
     engine_mask: torch.Tensor  # [B, T] bool: counted and the engine reported a log-prob
+    off_policy: torch.Tensor  # [B, T] bool: engine_mask and generated by older weights (TrainItem.staleness > 0)
 
 
 class Learner:
@@ -201,7 +208,9 @@ class Learner:
                            mask=counted.float().to(d), advantages=torch.tensor([it.advantage for it in items]).to(d),
                            engine=right_pad([it.engine_logprobs for it in items], 0.0, width=T,
                                             dtype=torch.float32).to(d),
-                           engine_mask=(counted & has_engine).to(d))
+                           engine_mask=(counted & has_engine).to(d),
+                           off_policy=(counted & has_engine & torch.tensor([it.staleness > 0 for it in items])[:, None]
+                                       ).to(d))
 
     def _micro_batches(self, mini_batches: Sequence[Sequence[TrainItem]]) -> list[list[_MicroBatch]]:
         images = self._images([it for mb in mini_batches for it in mb])
@@ -237,9 +246,10 @@ class Learner:
         batches = self._micro_batches(mini_batches)
         with torch.no_grad():  # π_old; as many forwards on every rank as it has micro-batches (FSDP2)
             olds = [[self._logprobs(self.model, mb)[0] for mb in mbs] for mbs in batches]
-            gaps = [torch.where(mb.engine_mask, (old - mb.engine).abs(), 0.0)
+            # on-policy tokens only: there the gap detects inputs that differ; stale ones differ by design
+            gaps = [torch.where(mb.engine_mask & ~mb.off_policy, (old - mb.engine).abs(), 0.0)
                     for mbs, mb_olds in zip(batches, olds) for mb, old in zip(mbs, mb_olds)]
-            gap_tokens = sum(mb.engine_mask.sum() for mbs in batches for mb in mbs)
+            gap_tokens = sum((mb.engine_mask & ~mb.off_policy).sum() for mbs in batches for mb in mbs)
         model = self.train_model
         acc: LossStats | None = None
         for mbs, mb_olds, n_global in zip(batches, olds, mini_batch_tokens):
@@ -250,10 +260,13 @@ class Learner:
                     if self.ref_model is not None:
                         with torch.no_grad():
                             ref, _ = self._logprobs(self.ref_model, mb)
+                    w = capped = None
+                    if bool(mb.off_policy.any()):  # decoupled PPO: `old` is the proximal policy
+                        w, capped = behaviour_weights(old, mb.engine, mb.off_policy, max_ratio=rl.max_is_ratio)
                     loss, st = dapo_policy_loss(lp, old, mb.advantages, mb.mask, eps_low=rl.eps_low,
                                                 eps_high=rl.eps_high, num_tokens=float(max(1, n_global)),
                                                 ref_logprobs=ref, kl_type=rl.kl_type, kl_coef=rl.kl_coef,
-                                                entropy=entropy)
+                                                entropy=entropy, is_weights=w, is_truncated=capped)
                     (loss * self.world_size).backward()
                 acc = st if acc is None else acc + st
             grad_norm, lr = optimizer_step(self.model, self.optimizer, self.scheduler, rl.grad_clip)

@@ -54,3 +54,4 @@ class TrainItem:
     engine_logprobs: tuple[float, ...]  # [T] vLLM logprobs (behaviour policy as the engine saw it)
     advantage: float  # group-normalised, 0 for failed scoring
     loss_mask: bool = True  # False drops every token (e.g. truncated completions when masked)
+    staleness: int = 0  # learner version − the version that generated it (> 0 only when rl.max_staleness ≥ 1)

@@ -60,6 +60,32 @@ def test_train_step_moves_logprobs_in_the_advantage_direction(tiny_model_dir, sy
     assert {it.advantage for it in items} == {1.0, -1.0}  # both signs are in the batch
 
 
+def test_stale_items_are_weighted_by_the_truncated_behaviour_ratio(tiny_model_dir, synthetic_dir):
+    """Items the rollout generated k versions back: the engine's log-probs are the behaviour policy.
+    Behaviour log-probs log(1.5) below the learner's → w_t = 1.5 on every token, so the first
+    (on-policy w.r.t. π_prox, r_t = 1) update's loss is 1.5 × the same items' fresh loss;
+    log(3) below with the cap 2 → w_t = 2, every token truncated. Fresh items: w_t exactly 1."""
+    rl = RLConfig(lr=1e-2, warmup_ratio=0.0, batch_size=2, grad_accum=2, lr_scheduler="constant", num_learners=1,
+                  max_is_ratio=2.0)
+    items = _items(tiny_model_dir, synthetic_dir)
+    prox = Learner(str(tiny_model_dir), rl, total_steps=10, max_pixels=4096).logprobs(items)
+    n_tokens = sum(len(it.completion_token_ids) for it in items)
+
+    def step(shift: float, staleness: int) -> LearnStats:
+        batch = [dataclasses.replace(it, engine_logprobs=tuple(x - shift for x in lp), staleness=staleness)
+                 for it, lp in zip(items, prox)]
+        return Learner(str(tiny_model_dir), rl, total_steps=10, max_pixels=4096).train_step([batch], [n_tokens])
+
+    fresh, stale, capped = step(0.0, 0), step(math.log(1.5), 1), step(math.log(3.0), 2)
+    assert fresh.is_weight_mean == 1.0 and fresh.is_truncated_frac == 0.0
+    assert stale.is_weight_mean == pytest.approx(1.5, rel=1e-4) and stale.is_truncated_frac == 0.0
+    assert stale.loss == pytest.approx(1.5 * fresh.loss, rel=1e-4) and fresh.loss != 0.0
+    assert capped.is_weight_mean == pytest.approx(2.0) and capped.is_truncated_frac == 1.0
+    assert capped.loss == pytest.approx(2.0 * fresh.loss, rel=1e-4)
+    # the engine-vs-learner gap is a bug detector for on-policy tokens; stale ones differ by design
+    assert stale.engine_logprob_mismatch == 0.0 and fresh.engine_logprob_mismatch < 1e-4
+
+
 def test_save_load_round_trip(tiny_model_dir, synthetic_dir, tmp_path):
     rl = RLConfig(lr=1e-2, warmup_ratio=0.0, batch_size=4, grad_accum=1, num_learners=1)
     a = Learner(str(tiny_model_dir), rl, total_steps=10, max_pixels=4096)
@@ -174,11 +200,14 @@ def test_learner_loads_in_model_dtype(tiny_model_dir):
 
 
 def test_learn_stats_are_per_token_means_over_ranks():
-    # packed rows: loss, tokens, clip_low, clip_high, ratio, kl, entropy, gap, gap_tokens, ratio_max, gap_max, grad_norm
-    ranks = torch.tensor([[0.25, 6.0, 1.0, 0.0, 6.6, 0.3, 3.0, 0.06, 6.0, 1.3, 0.02, 0.7],
-                          [-0.05, 2.0, 0.0, 1.0, 1.8, 0.1, 1.0, 0.02, 2.0, 1.1, 0.05, 0.7]], dtype=torch.float64)
+    # packed rows: loss, tokens, clip_low, clip_high, ratio, kl, entropy, gap, gap_tokens, is_weight, is_truncated,
+    #              ratio_max, gap_max, grad_norm
+    ranks = torch.tensor([[0.25, 6.0, 1.0, 0.0, 6.6, 0.3, 3.0, 0.06, 6.0, 7.0, 1.0, 1.3, 0.02, 0.7],
+                          [-0.05, 2.0, 0.0, 1.0, 1.8, 0.1, 1.0, 0.02, 2.0, 2.0, 0.0, 1.1, 0.05, 0.7]], dtype=torch.float64)
     s = learn_stats(ranks, lr=3e-4)
-    # 8 tokens in all: clip_low 1/8, clip_high 1/8, ratio 8.4/8, kl 0.4/8, entropy 4/8, |Δ| 0.08/8
+    # 8 tokens in all: clip_low 1/8, clip_high 1/8, ratio 8.4/8, kl 0.4/8, entropy 4/8, |Δ| 0.08/8,
+    # behaviour weight 9/8, truncated 1/8
+    assert (s.is_weight_mean, s.is_truncated_frac) == pytest.approx((1.125, 0.125))
     assert isinstance(s, LearnStats) and s.loss == pytest.approx(0.2) and s.tokens == 8.0
     assert (s.clip_low, s.clip_high, s.ratio, s.kl, s.entropy) == pytest.approx((0.125, 0.125, 1.05, 0.05, 0.5))
     assert s.engine_logprob_mismatch == pytest.approx(0.01) and s.engine_logprob_mismatch_max == pytest.approx(0.05)

@@ -1,14 +1,15 @@
 """RL-loop phases that need no engine: scoring failures, dynamic sampling, advantages."""
 import dataclasses
 import math
+import time
 
 import pytest
 
 from medmo_rl.config import load_config
 from medmo_rl.learner import LearnStats
 from medmo_rl.records import Completion, Group
-from medmo_rl.driver.rl_loop import (ScoredGroup, StepBatch, SyncTiming, collect_phase, part_mean, prompts_per_step,
-                                     step_metrics, to_train_items)
+from medmo_rl.driver.rl_loop import (Rollouts, ScoredGroup, StepBatch, SyncTiming, collect_phase, overlap_s, part_mean,
+                                     prompts_per_step, step_metrics, to_train_items)
 from medmo_rl.sampler import PromptSampler
 from medmo_rl.schema import Sample
 from rewards.client import RewardClient
@@ -108,7 +109,7 @@ def test_prompts_longer_than_max_prompt_tokens_are_rejected_before_scoring():
     assert too_long and batch.rejected_ids == too_long  # s1 (11 tokens) or s3 (30), as drawn; 10 is allowed
     assert not set(too_long) & set(scorer.scored) and not set(too_long) & {g.group.sample.id for g in batch.groups}
     assert len(batch.groups) == 2 and len(pool.calls) == 2 and batch.failed_requests == 0  # the extra round refilled
-    m = step_metrics(batch, None, [], 0.0, SyncTiming(), 1.0, 0, PromptSampler([_sample(0)], 0))
+    m = step_metrics(batch, None, [], 0.0, SyncTiming(), 1.0, 0)
     assert m["rollout/rejected_long_prompts"] == len(too_long) and m["rollout/rejected_ids"] == too_long
 
 
@@ -123,7 +124,108 @@ def test_bbox_reward_is_averaged_over_grounding_items_only():
 
 def test_learn_metrics_carry_the_record_field_names():
     stats = LearnStats(*[float(i) for i in range(len(dataclasses.fields(LearnStats)))])
-    m = step_metrics(StepBatch(), stats, [], 0.0, SyncTiming(), 1.0, 1, PromptSampler([_sample(0)], 0))
+    m = step_metrics(StepBatch(), stats, [], 0.0, SyncTiming(), 1.0, 1)
     learn = {k: v for k, v in m.items() if k.startswith("learn/")}
     assert learn == {f"learn/{f.name}": getattr(stats, f.name) for f in dataclasses.fields(LearnStats)}
     assert {"learn/clip_low", "learn/ratio", "learn/engine_logprob_mismatch", "learn/lr"} <= learn.keys()
+
+
+def test_train_items_carry_staleness_and_the_bound_is_enforced():
+    cfg = load_config(None, ["rl.num_generations=2", "rl.max_staleness=1"])
+    s = _sample(0)
+    comps = tuple(Completion("s0", k, "t", (1,), (-0.1,), "stop", weight_version=3) for k in range(2))
+    sg = ScoredGroup(Group(s, (1,), comps), (1.0, 0.0), ({}, {}))
+    assert [it.staleness for it in to_train_items(cfg, [sg], version=4)] == [1, 1]
+    assert [it.staleness for it in to_train_items(cfg, [sg], version=3)] == [0, 0]
+    with pytest.raises(RuntimeError, match="2 weight versions behind.*max_staleness=1"):
+        to_train_items(cfg, [sg], version=5)
+
+
+def test_overlap_of_a_span_with_intervals():
+    assert overlap_s((1.0, 4.0), [(0.0, 2.0), (3.5, 9.0), (5.0, 6.0)]) == pytest.approx(1.0 + 0.5)
+    assert overlap_s((1.0, 2.0), []) == 0.0
+
+
+class _Sim:
+    """The loop's use of `Rollouts` with sleeps for phases: collect reads the pool's weight version,
+    sync bumps it. Records what the schedule must guarantee."""
+
+    def __init__(self, collect_s, learn_s, k, steps, start=0):
+        self.collect_s, self.learn_s, self.k, self.steps = collect_s, learn_s, k, steps
+        self.version = start  # every step learns: version == steps done
+        self.pool_busy = False
+        self.collected: list[int] = []  # versions the batches were generated with
+        self.staleness: list[int] = []
+        self.ahead: list[int] = []  # batches collected but not yet trained, seen at each step start
+        self.learn_spans: list[tuple[float, float]] = []
+        self.intervals: list[tuple[float, float]] = []  # the collects', as Rollouts recorded them
+        self.start = start
+
+    def collect(self):
+        assert not self.pool_busy
+        self.pool_busy = True
+        v = self.version
+        time.sleep(self.collect_s)
+        self.pool_busy = False
+        self.collected.append(v)
+        return StepBatch(drawn_ids=[f"v{v}"], generated_groups=v)
+
+    def run(self):
+        r = Rollouts(self.collect, self.k, start=self.start, end=self.steps)
+        try:
+            for step in range(self.start, self.steps):
+                b = r.next()
+                self.ahead.append(len(self.collected) - (step - self.start) - 1)
+                self.staleness.append(self.version - b.generated_groups)
+                t0 = time.perf_counter()
+                time.sleep(self.learn_s)
+                self.learn_spans.append((t0, time.perf_counter()))
+                r.wait_collected(step)
+                assert not self.pool_busy  # sync never meets a collect
+                self.version += 1
+                r.step_done(step + 1)
+        finally:
+            r.close()
+        self.intervals = r.intervals
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_rollouts_bound_staleness_under_a_slow_learner(k):
+    sim = _Sim(collect_s=0.01, learn_s=0.08, k=k, steps=8)
+    sim.run()
+    assert len(sim.collected) == 8  # one collect per step, none extra past the end
+    assert max(sim.staleness) == k  # the rollout does run ahead …
+    assert all(0 <= s <= k for s in sim.staleness)  # … but never further than the bound
+    assert max(sim.ahead) <= k
+
+
+def test_rollouts_with_zero_staleness_are_strictly_on_policy_and_sequential():
+    sim = _Sim(collect_s=0.01, learn_s=0.01, k=0, steps=5)
+    sim.run()
+    assert sim.staleness == [0] * 5 and sim.ahead == [0] * 5
+    assert sim.collected == [0, 1, 2, 3, 4]  # each batch collected with the weights of the step before
+
+
+def test_rollouts_overlap_collecting_with_learning_only_when_allowed():
+    """collect 0.1 s and learn 0.1 s per step: with k = 1 the next collect runs during each learn
+    but the first (≈ 0.5 s of 0.6 s); with k = 0 never."""
+    for k in (0, 1):
+        sim = _Sim(collect_s=0.1, learn_s=0.1, k=k, steps=6)
+        sim.run()
+        together = sum(overlap_s(span, sim.intervals) for span in sim.learn_spans)
+        assert together == 0.0 if k == 0 else together > 0.25, (k, together)
+
+
+def test_rollouts_resume_mid_run_and_raise_collect_errors():
+    sim = _Sim(collect_s=0.0, learn_s=0.01, k=1, steps=6, start=3)
+    sim.run()
+    assert len(sim.collected) == 3 and max(sim.staleness) <= 1
+
+    def broken():
+        raise ValueError("reward service gone")
+
+    r = Rollouts(broken, 1, start=0, end=3)
+    with pytest.raises(RuntimeError, match="waited for the rollout batch of step 1") as e:
+        r.next()
+    assert isinstance(e.value.__cause__, ValueError)
+    r.close()
