@@ -173,7 +173,12 @@ class RolloutPool:
     def push_weight_refs(self, version: int, bucket_refs: list[Any], expected_probe: list[float] | None = None
                          ) -> list[WeightUpdate]:
         """`push_weights` for buckets already in the object store (put by the learner itself:
-        medmo_rl/learner_group.py), which saves the driver a copy of every push."""
+        medmo_rl/learner_group.py), which saves the driver a copy of every push.
+
+        Versions never go backwards (a restarted actor must not rejoin at weights older than the
+        ones the others hold); the same version again is allowed (a resumed run re-pushes it)."""
+        if version < self._weights.version:
+            raise ValueError(f"weight push v{version} after v{self._weights.version}: versions never go backwards")
         with self._phase:
             with self._lock:
                 self._weights = _Weights(version=version, bucket_refs=bucket_refs, expected_probe=expected_probe)

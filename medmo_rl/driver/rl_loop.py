@@ -419,6 +419,7 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
             m = step_metrics(batch, learn, items, learn_span[1] - learn_span[0], sync, time.perf_counter() - t_step,
                              state.version)
             m["rollout/num_workers"] = pool.num_workers
+            m["rollout/restarts"] = pool.restarts  # actors replaced after dying, since the stage started
             m["time/rollout_wait_s"] = t_wait  # the learners idled this long for the batch
             m["time/overlap_s"] = overlap_s(learn_span, rollouts.intervals[-(cfg.rl.max_staleness + 2):])
             metrics.write(state.step, m)

@@ -137,6 +137,9 @@ def test_probe_catches_a_wrong_push(pool, image_samples, make_learner, processor
     pool.push_weights(3, b.state_dict(), hf_probe_logprobs(b, processor, probe))
     groups = pool.generate(image_samples[:2], SamplingSpec(n=1, max_tokens=4))
     assert {g.completions[0].weight_version for g in groups} == {3}
+    with pytest.raises(ValueError, match="weight push v2 after v3: versions never go backwards"):
+        pool.push_weights(2, b.state_dict(), hf_probe_logprobs(b, processor, probe))
+    assert pool.weight_version == 3
 
 
 def test_grow_1_to_2_while_generating(pool, image_samples):

@@ -1,5 +1,6 @@
 """The whole recipe as one job: `ray job submit -- python -m medmo_rl.run` (its rollout pool grown
-by `python -m medmo_rl.control` while it runs), then kill -9 mid-RL + resume.
+by `python -m medmo_rl.control` while it runs), then kill -9 mid-RL + resume; then asynchronous RL
+(rl.max_staleness=1) on the job's SFT checkpoint, with a rollout actor and the driver killed.
 
 Real everything: a Ray head started with `ray start` (loopback, own temp dir, auth disabled), Ray
 Train SFT stages, vLLM rollout actors, the uvicorn reward service, DDP learners, eval with vLLM.
@@ -184,3 +185,86 @@ def test_kill_mid_rl_then_rerun_resumes_with_identical_sample_ids(submitted_run,
     assert [x["sample_ids"] for x in resumed] == [x["sample_ids"] for x in reference]
     assert resumed[-1]["epoch"] > 1.0  # the run crossed an epoch boundary
     assert (run / "rl" / "final" / "DONE").exists()
+
+
+def _rl_only(submitted_run, out: Path, name: str, extra: list[str]) -> tuple[list[str], Path]:
+    """The RL stage alone on the job's SFT checkpoint, in its own run directory."""
+    run = out / name
+    shutil.copytree(submitted_run / "sft", run / "sft")
+    return [sys.executable, "-m", "medmo_rl.run", "--stages", "stage4", f"output_dir={out}", f"name={name}", *FAST,
+            *extra], run
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
+        time.sleep(0.3)
+
+
+ASYNC = ["rl.max_staleness=1"]
+
+
+@pytest.fixture(scope="module")
+def async_run(submitted_run, test_root):
+    """rl.max_staleness=1, and kill -9 of the rollout actor once step 1 is logged (the actor is then
+    generating step 3's batch, or about to take step 2's weights)."""
+    import psutil
+
+    cmd, run = _rl_only(submitted_run, test_root / "runs", "async", ASYNC)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    metrics = run / "rl" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
+    actors = [p for p in psutil.Process(proc.pid).children(recursive=True)
+              if any("RolloutActor" in part for part in p.cmdline())]
+    assert len(actors) == 1, [p.cmdline() for p in actors]
+    actors[0].kill()
+    assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
+    reader.join(timeout=10)
+    return run
+
+
+def test_async_rl_rides_through_a_killed_rollout_actor(async_run, submitted_run):
+    rows, reference = _rows(async_run), _rows(submitted_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # every prompt of every step answered once: the pool retried the dead actor's calls on its replacement
+    assert [r["sample_ids"] for r in rows] == [r["sample_ids"] for r in reference]
+    assert all(r["filter/groups_trained"] == 6 and r["errors/failed_requests"] == 0 for r in rows)
+    assert rows[-1]["rollout/restarts"] == 1
+    # the rollout ran one step ahead: steps 2… trained on completions of the weights one version back,
+    # weighted by the behaviour ratio; never more than the bound behind
+    assert rows[0]["rollout/staleness_max"] == 0 and rows[0]["learn/is_weight_mean"] == 1.0  # fresh: exactly 1
+    assert all(r["rollout/staleness_max"] <= 1 for r in rows) and any(r["rollout/staleness_mean"] > 0 for r in rows)
+    assert all(r["weight_version"] == r["step"] for r in rows)
+    assert any(r["time/overlap_s"] > 0 for r in rows)
+    stale = [r for r in rows if r["rollout/staleness_mean"] == 1.0]
+    assert stale and all(r["learn/is_weight_mean"] != 1.0 for r in stale)  # weights, not a constant 1
+    assert (async_run / "rl" / "final" / "DONE").exists()
+
+
+def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submitted_run, test_root):
+    """kill -9 the driver after the step-2 checkpoint (the rollout thread is then collecting ahead);
+    the same command finishes the run and draws the prompts of the uninterrupted runs."""
+    cmd, run = _rl_only(submitted_run, test_root / "runs", "async-resume", ASYNC)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    latest = run / "rl" / "checkpoints" / "latest"
+    _wait_for(lambda: latest.exists() and latest.read_text().strip() == "step_000002", proc, "step-2 checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "rl" / "final" / "DONE").exists()
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    resumed = _rows(run)
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4]
+    assert [x["sample_ids"] for x in resumed] == [x["sample_ids"] for x in _rows(async_run)]
+    assert resumed[2]["rollout/staleness_max"] == 0  # step 3 after the resume: collected with the checkpoint's weights
