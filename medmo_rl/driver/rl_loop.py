@@ -200,6 +200,17 @@ def sync_phase(learners, pool, probe, version: int) -> SyncTiming:
                       probe_s=max((u.probe_s for u in updates), default=0.0))
 
 
+@dataclass(frozen=True)
+class LoopTiming:
+    """Where one step's wall time went, from the loop's side (the phases' own times are in StepBatch / SyncTiming)."""
+
+    step_s: float = 0.0
+    learn_s: float = 0.0
+    rollout_wait_s: float = 0.0  # the learners idled this long for the step's batch
+    pool_wait_s: float = 0.0  # … and this long for the rollout thread to free the pool for the sync
+    overlap_s: float = 0.0  # seconds of the learn phase during which rollouts were being collected
+
+
 def part_mean(batch: StepBatch, part: str) -> float:
     """Mean of one reward part over the scored completions; the bbox part over grounding items
     only, since every other task reports it as 0.0 (rewards/composite.py)."""
@@ -208,8 +219,8 @@ def part_mean(batch: StepBatch, part: str) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainItem], t_learn: float,
-                 sync: SyncTiming, t_step: float, version: int) -> dict:
+def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainItem], timing: LoopTiming,
+                 sync: SyncTiming, version: int, pool) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     stale = [it.staleness for it in items if it.loss_mask]
     m = {
@@ -230,15 +241,20 @@ def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainIt
         "errors/failed_scores": batch.failed_scores,
         "time/rollout_s": batch.t_rollout,
         "time/reward_s": batch.t_reward,
-        "time/learn_s": t_learn,
+        "time/learn_s": timing.learn_s,
+        "time/rollout_wait_s": timing.rollout_wait_s,
+        "time/pool_wait_s": timing.pool_wait_s,
+        "time/overlap_s": timing.overlap_s,
         "time/sync_s": sync.total_s,
         "time/sync_export_s": sync.export_s,
         "time/sync_load_s": sync.load_s,
         "time/sync_probe_s": sync.probe_s,
-        "time/step_s": t_step,
-        "time/sync_share": sync.total_s / max(1e-9, t_step),
+        "time/step_s": timing.step_s,
+        "time/sync_share": sync.total_s / max(1e-9, timing.step_s),
         "throughput/rollout_tokens_per_s": batch.completion_tokens / max(1e-9, batch.t_rollout),
         "weight_version": version,
+        "rollout/num_workers": pool.num_workers,
+        "rollout/restarts": pool.restarts,  # actors replaced after dying, since the stage started
         "epoch": batch.epoch,
         "sample_ids": batch.drawn_ids,
     }
@@ -315,6 +331,10 @@ class Rollouts:
         if self.k > 0:
             self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
             self._thread.start()
+
+    def recent_intervals(self) -> list[tuple[float, float]]:
+        """The collects that can overlap the current step's learn phase (those of steps s+1 … s+k)."""
+        return self.intervals[-(self.k + 2):]
 
     def _timed_collect(self) -> StepBatch:
         t0 = time.perf_counter()
@@ -404,24 +424,22 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         while state.step < n_steps:
             t_step = time.perf_counter()
             batch = rollouts.next()
-            t_wait = time.perf_counter() - t_step
+            t_learn = time.perf_counter()
             items = to_train_items(cfg, batch.groups, state.version)
-            t0 = time.perf_counter()
             learn = learn_phase(learners, items)
-            learn_span = (t0, time.perf_counter())
+            t_learned = time.perf_counter()
             rollouts.wait_collected(state.step)  # until then the pool belongs to the rollout thread
+            t_sync = time.perf_counter()
             sync = SyncTiming()
             if learn is not None:
                 state.version += 1
                 sync = sync_phase(learners, pool, probe, state.version)
             state.step += 1
             state.sampler = batch.sampler_after
-            m = step_metrics(batch, learn, items, learn_span[1] - learn_span[0], sync, time.perf_counter() - t_step,
-                             state.version)
-            m["rollout/num_workers"] = pool.num_workers
-            m["rollout/restarts"] = pool.restarts  # actors replaced after dying, since the stage started
-            m["time/rollout_wait_s"] = t_wait  # the learners idled this long for the batch
-            m["time/overlap_s"] = overlap_s(learn_span, rollouts.intervals[-(cfg.rl.max_staleness + 2):])
+            timing = LoopTiming(step_s=time.perf_counter() - t_step, learn_s=t_learned - t_learn,
+                                rollout_wait_s=t_learn - t_step, pool_wait_s=t_sync - t_learned,
+                                overlap_s=overlap_s((t_learn, t_learned), rollouts.recent_intervals()))
+            m = step_metrics(batch, learn, items, timing, sync, state.version, pool)
             metrics.write(state.step, m)
             if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps:
                 checkpoint_phase(ckpt_root, state, learners)

@@ -207,13 +207,22 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 6
         time.sleep(0.3)
 
 
-ASYNC = ["rl.max_staleness=1"]
+ASYNC = ["rl.max_staleness=1", "rl.max_steps=6"]
+
+
+def _gcs_address(driver: "psutil.Process") -> str:
+    """The local cluster a driver started: its gcs_server child's port."""
+    for p in driver.children(recursive=True):
+        for part in p.cmdline():
+            if part.startswith("--gcs_server_port="):
+                return f"127.0.0.1:{part.split('=', 1)[1]}"
+    raise AssertionError("no gcs_server under the driver")
 
 
 @pytest.fixture(scope="module")
 def async_run(submitted_run, test_root):
-    """rl.max_staleness=1, and kill -9 of the rollout actor once step 1 is logged (the actor is then
-    generating step 3's batch, or about to take step 2's weights)."""
+    """rl.max_staleness=1: once step 1 is logged (the rollout thread is then collecting ahead), kill -9
+    the rollout actor and ask the running job for a second rollout worker (python -m medmo_rl.control)."""
     import psutil
 
     cmd, run = _rl_only(submitted_run, test_root / "runs", "async", ASYNC)
@@ -224,10 +233,14 @@ def async_run(submitted_run, test_root):
     reader.start()
     metrics = run / "rl" / "metrics.jsonl"
     _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
-    actors = [p for p in psutil.Process(proc.pid).children(recursive=True)
-              if any("RolloutActor" in part for part in p.cmdline())]
+    driver = psutil.Process(proc.pid)
+    actors = [p for p in driver.children(recursive=True) if any("RolloutActor" in part for part in p.cmdline())]
     assert len(actors) == 1, [p.cmdline() for p in actors]
     actors[0].kill()
+    grow = subprocess.run([sys.executable, "-m", "medmo_rl.control", "--address", _gcs_address(driver), "--name",
+                           "async", "--rollout-workers", "2"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert grow.returncode == 0 and "rollout workers: 2" in grow.stdout, grow.stdout + grow.stderr
     assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
     reader.join(timeout=10)
     return run
@@ -235,11 +248,13 @@ def async_run(submitted_run, test_root):
 
 def test_async_rl_rides_through_a_killed_rollout_actor(async_run, submitted_run):
     rows, reference = _rows(async_run), _rows(submitted_run)
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # every prompt of every step answered once: the pool retried the dead actor's calls on its replacement
-    assert [r["sample_ids"] for r in rows] == [r["sample_ids"] for r in reference]
+    assert [r["sample_ids"] for r in rows[:4]] == [r["sample_ids"] for r in reference]
+    assert all(len(r["sample_ids"]) == 6 for r in rows)
     assert all(r["filter/groups_trained"] == 6 and r["errors/failed_requests"] == 0 for r in rows)
     assert rows[-1]["rollout/restarts"] == 1
+    assert rows[-1]["rollout/num_workers"] == 2  # the resize reached the pool through the rollout thread
     # the rollout ran one step ahead: steps 2… trained on completions of the weights one version back,
     # weighted by the behaviour ratio; never more than the bound behind
     assert rows[0]["rollout/staleness_max"] == 0 and rows[0]["learn/is_weight_mean"] == 1.0  # fresh: exactly 1
@@ -265,6 +280,6 @@ def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submit
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     resumed = _rows(run)
-    assert [x["step"] for x in resumed] == [1, 2, 3, 4]
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4, 5, 6]
     assert [x["sample_ids"] for x in resumed] == [x["sample_ids"] for x in _rows(async_run)]
     assert resumed[2]["rollout/staleness_max"] == 0  # step 3 after the resume: collected with the checkpoint's weights

@@ -8,7 +8,7 @@ import pytest
 from medmo_rl.config import load_config
 from medmo_rl.learner import LearnStats
 from medmo_rl.records import Completion, Group
-from medmo_rl.driver.rl_loop import (Rollouts, ScoredGroup, StepBatch, SyncTiming, collect_phase, overlap_s, part_mean,
+from medmo_rl.driver.rl_loop import (LoopTiming, Rollouts, ScoredGroup, StepBatch, SyncTiming, collect_phase, overlap_s, part_mean,
                                      prompts_per_step, step_metrics, to_train_items)
 from medmo_rl.sampler import PromptSampler
 from medmo_rl.schema import Sample
@@ -26,6 +26,7 @@ class RecordedPool:
     logic can be exercised against a REAL reward client."""
 
     num_workers = 1
+    restarts = 0
 
     def __init__(self, texts):
         self.texts, self.calls = texts, []
@@ -109,7 +110,7 @@ def test_prompts_longer_than_max_prompt_tokens_are_rejected_before_scoring():
     assert too_long and batch.rejected_ids == too_long  # s1 (11 tokens) or s3 (30), as drawn; 10 is allowed
     assert not set(too_long) & set(scorer.scored) and not set(too_long) & {g.group.sample.id for g in batch.groups}
     assert len(batch.groups) == 2 and len(pool.calls) == 2 and batch.failed_requests == 0  # the extra round refilled
-    m = step_metrics(batch, None, [], 0.0, SyncTiming(), 1.0, 0)
+    m = step_metrics(batch, None, [], LoopTiming(step_s=1.0), SyncTiming(), 0, RecordedPool([]))
     assert m["rollout/rejected_long_prompts"] == len(too_long) and m["rollout/rejected_ids"] == too_long
 
 
@@ -124,7 +125,7 @@ def test_bbox_reward_is_averaged_over_grounding_items_only():
 
 def test_learn_metrics_carry_the_record_field_names():
     stats = LearnStats(*[float(i) for i in range(len(dataclasses.fields(LearnStats)))])
-    m = step_metrics(StepBatch(), stats, [], 0.0, SyncTiming(), 1.0, 1)
+    m = step_metrics(StepBatch(), stats, [], LoopTiming(step_s=1.0), SyncTiming(), 1, RecordedPool([]))
     learn = {k: v for k, v in m.items() if k.startswith("learn/")}
     assert learn == {f"learn/{f.name}": getattr(stats, f.name) for f in dataclasses.fields(LearnStats)}
     assert {"learn/clip_low", "learn/ratio", "learn/engine_logprob_mismatch", "learn/lr"} <= learn.keys()
