@@ -11,6 +11,12 @@
 
 Every stage skips itself when its `final/DONE` exists, and RL resumes from its last checkpoint,
 so rerunning the same command after a crash or a kill continues where the run stopped.
+
+Before anything trains, every stage to run is checked against the cluster's resources (a config
+that cannot fit stops here, naming demand, supply and keys); right before each stage the check
+runs again and the stage gets its config with CPU reservations scaled to fit (driver/fit.py).
+Under `ray job submit --working-dir` a relative output_dir resolves outside Ray's temporary copy
+(driver/cluster.py resolve_output_dir); the absolute run directory is printed first.
 """
 from __future__ import annotations
 
@@ -27,9 +33,11 @@ from transformers import AutoProcessor
 from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
 from medmo_rl.datasets import resolve
-from medmo_rl.driver.cluster import init_ray
+from medmo_rl.driver.cluster import (ClusterTooSmall, check_fit, init_ray, log_scaling, resolve_output_dir,
+                                     start_gcs_watchdog)
 from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
+from medmo_rl.driver.fit import Fit, Reservation, rl_demand, scale_rl, scale_sft, sft_demand
 from medmo_rl.driver.learner_group import LearnerGroup
 from medmo_rl.driver.reward_service import RewardService
 from medmo_rl.driver.rl_loop import total_steps, train_rl
@@ -133,18 +141,46 @@ def run_eval(cfg: RunConfig, models: dict[str, Path], eval_dir: Path, data_cache
         summary.evals[label] = {f"{r.name}:{k}": v for r in results for k, v in r.metrics.items()}
 
 
+def fitted(stage: str, demand: tuple[Reservation, ...], cfg: RunConfig, *, wait: bool = True) -> Fit:
+    """The stage's fit on the cluster now; a stage that cannot fit stops the run with the message."""
+    try:
+        return check_fit(stage, demand, cfg.cluster, wait=wait)
+    except ClusterTooSmall as exc:
+        raise SystemExit(f"error: {exc}") from None  # the message says it all: no traceback
+
+
+def check_stages_fit(cfg: RunConfig, stages: tuple[str, ...]) -> None:
+    """Fail in seconds, not after hours of SFT, when a stage to run cannot fit the cluster. An
+    autoscaling cluster (cluster.autoscaler_wait_s > 0) may still grow: its stages wait in turn."""
+    if cfg.cluster.autoscaler_wait_s > 0:
+        return
+    for stage in stages:
+        if stage in SFT_STAGES and getattr(cfg.sft, stage).enabled:
+            fitted(stage, sft_demand(cfg.sft), cfg, wait=False)
+        elif stage == "stage4" and cfg.rl.enabled:
+            fitted(stage, rl_demand(cfg), cfg, wait=False)
+
+
 def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4", "eval")) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per reward request drowns the progress bar
     unknown = set(stages) - {*SFT_STAGES, "stage4", "eval"}
     if unknown:
         raise SystemExit(f"--stages: unknown {sorted(unknown)}; allowed: stage1, stage2, stage3, stage4, eval")
-    run_dir = Path(cfg.output_dir).resolve() / cfg.name
+    output_dir, moved = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
+    run_dir = output_dir / cfg.name
+    print(f"run directory: {run_dir}", flush=True)  # first, so a user of `ray job submit` knows where to look
+    if moved:
+        log.warning("%s", moved)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     summary = RunSummary(run_dir)
+    if moved:
+        summary.notes.append(moved)
     t0 = time.perf_counter()
     summary.notes.append("Ray: " + init_ray(cfg.cluster))
+    start_gcs_watchdog(cfg.cluster.lost_after_s)
+    check_stages_fit(cfg, stages)
     data_cache = run_dir / "data"
     base = resolve_model(cfg.model.path, run_dir / "base", cfg.model.tiny_seed)
     summary.stage_seconds["setup"] = time.perf_counter() - t0
@@ -159,13 +195,23 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
             policy = final if (final / "DONE").exists() else policy
             continue
         t = time.perf_counter()
-        policy = run_stage(stage, st, cfg.sft, cfg.data, seed=cfg.seed + i, init_dir=policy,
+        sft_cfg = cfg.sft
+        if not (final / "DONE").exists():  # a finished stage (it skips itself) reserves nothing
+            fit = fitted(stage, sft_demand(cfg.sft), cfg)
+            log_scaling(fit)
+            sft_cfg = scale_sft(cfg.sft, fit.factor)
+        policy = run_stage(stage, st, sft_cfg, cfg.data, seed=cfg.seed + i, init_dir=policy,
                            stage_dir=run_dir / "sft" / stage, data_cache_dir=data_cache, dtype=cfg.model.dtype)
         summary.stage_seconds[f"sft {stage}"] = time.perf_counter() - t
     models["sft"] = policy
     if cfg.rl.enabled and "stage4" in stages:
         t = time.perf_counter()
-        policy = run_rl_stage(cfg, Path(policy), run_dir / "rl", data_cache, summary)
+        fit = fitted("stage4", rl_demand(cfg), cfg)
+        log_scaling(fit)
+        if fit.factor < 1:
+            summary.notes.append(f"stage4: CPU reservations scaled by {fit.factor:.4g} to fit "
+                                 f"{fit.supply.cpus:g} CPUs (demand {fit.demand_cpus:g})")
+        policy = run_rl_stage(scale_rl(cfg, fit.factor), Path(policy), run_dir / "rl", data_cache, summary)
         summary.stage_seconds["rl stage4"] = time.perf_counter() - t
         models["rl"] = policy
     elif cfg.rl.enabled and (run_dir / "rl" / "final" / "DONE").exists():  # e.g. --stages eval after a finished run
@@ -180,7 +226,8 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
                          f"metrics: */metrics.jsonl, TensorBoard: */tensorboard")
     text = summary.markdown()
     (run_dir / "summary.md").write_text(text)
-    (run_dir / "summary.json").write_text(strict_json({"stage_seconds": summary.stage_seconds, "evals": summary.evals,
-                                                      "rl": summary.rl, "final_model": str(policy)}, indent=1))
+    (run_dir / "summary.json").write_text(strict_json({"run_dir": str(run_dir), "stage_seconds": summary.stage_seconds,
+                                                      "evals": summary.evals, "rl": summary.rl,
+                                                      "final_model": str(policy)}, indent=1))
     print("\n" + text)
     return 0
