@@ -44,9 +44,10 @@ def init_ray(cluster: ClusterConfig, temp_dir: Path | None = None) -> str:
     kw = {"_temp_dir": str(temp_dir)} if temp_dir else {}
     # the dashboard serves the State API, which Ray Train's placement-group cleaner polls every second
     # (without it the cleaner cannot work and logs a warning each time)
-    ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=True, log_to_driver=True,
-             namespace=RAY_NAMESPACE, **kw)
-    return f"started a local cluster with {cluster.num_cpus} logical CPUs"
+    ctx = ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=True, log_to_driver=True,
+                   namespace=RAY_NAMESPACE, **kw)
+    # its address is what `python -m medmo_rl.control --address …` needs to reach this run
+    return f"started a local cluster with {cluster.num_cpus} logical CPUs at {ctx.address_info['gcs_address']}"
 
 
 # -- does a stage fit? ---------------------------------------------------------------------------

@@ -179,6 +179,7 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
         summary.notes.append(moved)
     t0 = time.perf_counter()
     summary.notes.append("Ray: " + init_ray(cfg.cluster))
+    print(summary.notes[-1], flush=True)
     start_gcs_watchdog(cfg.cluster.lost_after_s)
     check_stages_fit(cfg, stages)
     data_cache = run_dir / "data"

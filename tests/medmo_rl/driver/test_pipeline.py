@@ -210,13 +210,12 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 6
 ASYNC = ["rl.max_staleness=1", "rl.max_steps=6"]
 
 
-def _gcs_address(driver: "psutil.Process") -> str:
-    """The local cluster a driver started: its gcs_server child's port."""
-    for p in driver.children(recursive=True):
-        for part in p.cmdline():
-            if part.startswith("--gcs_server_port="):
-                return f"127.0.0.1:{part.split('=', 1)[1]}"
-    raise AssertionError("no gcs_server under the driver")
+def _gcs_address(driver_output: list[str]) -> str:
+    """The local cluster a driver started, from its "Ray: started a local cluster … at HOST:PORT" line."""
+    for line in driver_output:
+        if line.startswith("Ray: started a local cluster"):
+            return line.split(" at ")[-1].strip()
+    raise AssertionError("the driver did not print its cluster's address: " + "".join(driver_output)[-2000:])
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +236,7 @@ def async_run(submitted_run, test_root):
     actors = [p for p in driver.children(recursive=True) if any("RolloutActor" in part for part in p.cmdline())]
     assert len(actors) == 1, [p.cmdline() for p in actors]
     actors[0].kill()
-    grow = subprocess.run([sys.executable, "-m", "medmo_rl.control", "--address", _gcs_address(driver), "--name",
+    grow = subprocess.run([sys.executable, "-m", "medmo_rl.control", "--address", _gcs_address(out), "--name",
                            "async", "--rollout-workers", "2"], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert grow.returncode == 0 and "rollout workers: 2" in grow.stdout, grow.stdout + grow.stderr
