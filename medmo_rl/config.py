@@ -120,6 +120,9 @@ class RolloutConfig:
     top_p: UnitFloat = 1.0
     probe_tolerance: UnitFloat = 1e-4  # max |Δ logprob| between engine and learner after a weight push
     enforce_eager: bool = True
+    # a worker not serving after this long stops the pool with an error naming what it reserves
+    # (e.g. a resize the cluster has no CPUs for), instead of waiting for Ray to place it forever
+    start_timeout_s: PositiveFloat = 600.0
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,19 @@ class RolloutPool:
         for _ in range(self.max_restarts + 1):
             if slot.ready_ref is None:
                 return
-            ray.wait([slot.ready_ref], num_returns=1)
+            ready, _ = ray.wait([slot.ready_ref], num_returns=1, timeout=self.config.start_timeout_s)
+            if not ready:
+                # most likely never placed, so no engine to shut down first: kill it now rather than
+                # wait _stop_actors' 60 s for a shutdown call it can never answer
+                with self._lock:
+                    self._slots = [s for s in self._slots if s is not slot]
+                ray.kill(slot.actor, no_restart=True)
+                c = self.config
+                raise RolloutError(
+                    f"rollout worker {slot.slot_id} not serving after {c.start_timeout_s:g} s "
+                    f"(rollout.start_timeout_s); it reserves {c.cpus_per_worker:g} CPU + {c.gpus_per_worker:g} GPU "
+                    f"(rollout.cpus_per_worker, rollout.gpus_per_worker): `ray status` shows whether the cluster "
+                    f"has room for it (pending demands)")
             self._finish_start(slot)
         if slot.ready_ref is not None:
             raise RolloutError(f"rollout worker {slot.slot_id} failed to start ({self.max_restarts + 1} attempts); "

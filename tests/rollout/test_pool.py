@@ -5,6 +5,7 @@ kill -9, shrink, death while idle, and the leak check that shuts the pool down);
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -197,6 +198,15 @@ def test_health_replaces_an_actor_that_died_idle(pool, image_samples):
 def test_a_pool_that_cannot_start_says_why(ray_local, rollout_config, tmp_path):
     with pytest.raises(RolloutError, match=r"failed to start \(1 attempts\); last: .*no-such-model"):
         RolloutPool(str(tmp_path / "no-such-model"), rollout_config, max_restarts=0)
+
+
+def test_a_worker_the_cluster_cannot_place_times_out_naming_its_reservation(ray_local, rollout_config, tiny_model_dir):
+    """No silent wait for a placement that never comes (a resize past the cluster's CPUs, issue 16)."""
+    cfg = dataclasses.replace(rollout_config, cpus_per_worker=10_000.0, start_timeout_s=3.0)
+    t0 = time.monotonic()
+    with pytest.raises(RolloutError, match=r"rollout worker 0 not serving after 3 s .*reserves 10000 CPU"):
+        RolloutPool(str(tiny_model_dir), cfg)
+    assert time.monotonic() - t0 < 60
 
 
 def test_shutdown_leaves_no_processes_or_shm(pool):
