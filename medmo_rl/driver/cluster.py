@@ -97,6 +97,7 @@ def log_scaling(result: Fit) -> None:
 
 # -- a driver whose cluster went away exits ------------------------------------------------------
 EXIT_CLUSTER_LOST = 75  # EX_TEMPFAIL: rerunning the same command on a live cluster resumes the run
+EXIT_PREEMPTED = 75  # the same: stopped by SIGTERM at a checkpoint (rl_loop.Preempted)
 
 
 def _gcs_answers(host: str, port: int, timeout_s: float) -> bool:

@@ -33,14 +33,14 @@ from transformers import AutoProcessor
 from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
 from medmo_rl.datasets import resolve
-from medmo_rl.driver.cluster import (ClusterTooSmall, check_fit, init_ray, log_scaling, resolve_output_dir,
-                                     start_gcs_watchdog)
+from medmo_rl.driver.cluster import (EXIT_PREEMPTED, ClusterTooSmall, check_fit, init_ray, log_scaling,
+                                     resolve_output_dir, start_gcs_watchdog)
 from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
 from medmo_rl.driver.fit import Fit, Reservation, rl_demand, scale_rl, scale_sft, sft_demand
 from medmo_rl.driver.learner_group import LearnerGroup
 from medmo_rl.driver.reward_service import RewardService
-from medmo_rl.driver.rl_loop import total_steps, train_rl
+from medmo_rl.driver.rl_loop import Preempted, total_steps, train_rl
 from medmo_rl.metrics_log import MetricsWriter, read_metrics, strict_json
 from medmo_rl.plots import reward_curve
 from medmo_rl.probe import make_probe
@@ -212,7 +212,14 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
         if fit.factor < 1:
             summary.notes.append(f"stage4: CPU reservations scaled by {fit.factor:.4g} to fit "
                                  f"{fit.supply.cpus:g} CPUs (demand {fit.demand_cpus:g})")
-        policy = run_rl_stage(scale_rl(cfg, fit.factor), Path(policy), run_dir / "rl", data_cache, summary)
+        try:
+            policy = run_rl_stage(scale_rl(cfg, fit.factor), Path(policy), run_dir / "rl", data_cache, summary)
+        except Preempted as exc:
+            summary.stage_seconds["rl stage4"] = time.perf_counter() - t
+            summary.notes.append(str(exc))
+            (run_dir / "summary.md").write_text(summary.markdown())
+            print(f"\n{exc}", flush=True)
+            return EXIT_PREEMPTED
         summary.stage_seconds["rl stage4"] = time.perf_counter() - t
         models["rl"] = policy
     elif cfg.rl.enabled and (run_dir / "rl" / "final" / "DONE").exists():  # e.g. --stages eval after a finished run

@@ -9,7 +9,8 @@ One step, top to bottom (each phase one function below):
     learn      learner group (DDP ranks): old log-probs, DAPO update(s)
     sync       new weights ─▶ every rollout actor (versioned, verified by a log-prob probe)
     log        metrics JSONL + TensorBoard
-    checkpoint every rl.checkpoint_every steps, atomically (write, then rename)
+    checkpoint every rl.checkpoint_every steps, atomically (write, then rename); on SIGTERM: at the
+               end of the step, then stop (Preempted): the same command resumes
 
 With rl.max_staleness = k ≥ 1 the same phases run on another schedule (`Rollouts`): scale + collect
 of the steps s+1 … s+k run in a thread while step s learns, and the loss weighs those completions
@@ -21,9 +22,11 @@ Files to follow one step from the YAML to the loss: configs/tiny.yaml → medmo_
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -70,6 +73,44 @@ class StepBatch:
     truncated: int = 0
     sampler_after: SamplerState = field(default_factory=SamplerState)  # where the next step's draw starts
     epoch: float = 0.0  # epochs of the train set drawn once this batch was
+
+
+log = logging.getLogger("medmo_rl")
+
+
+class Preempted(Exception):
+    """SIGTERM (`ray job stop`, a preempted node) stopped the RL stage at a step boundary, checkpointed."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"stopped by SIGTERM after RL step {step}; checkpoint {checkpoint}. "
+                         f"Run the same command again to resume from it.")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopOnSigterm:
+    """While active, SIGTERM only sets `requested`: the loop checkpoints at the end of the step it is
+    in and stops (Preempted), instead of dying mid-update and losing the steps since the last
+    checkpoint. A second SIGTERM is the default one (exit now). Main thread only."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.requested = True
+        log.warning("SIGTERM: finishing this RL step, then checkpointing and stopping (again: exit now)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclass
@@ -421,33 +462,36 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
         from tqdm import tqdm
         bar = tqdm(total=n_steps, initial=state.step, desc="RL (stage 4)", unit="step")
     try:
-        while state.step < n_steps:
-            t_step = time.perf_counter()
-            batch = rollouts.next()
-            t_learn = time.perf_counter()
-            items = to_train_items(cfg, batch.groups, state.version)
-            learn = learn_phase(learners, items)
-            t_learned = time.perf_counter()
-            rollouts.wait_collected(state.step)  # until then the pool belongs to the rollout thread
-            t_sync = time.perf_counter()
-            sync = SyncTiming()
-            if learn is not None:
-                state.version += 1
-                sync = sync_phase(learners, pool, probe, state.version)
-            state.step += 1
-            state.sampler = batch.sampler_after
-            timing = LoopTiming(step_s=time.perf_counter() - t_step, learn_s=t_learned - t_learn,
-                                rollout_wait_s=t_learn - t_step, pool_wait_s=t_sync - t_learned,
-                                overlap_s=overlap_s((t_learn, t_learned), rollouts.recent_intervals()))
-            m = step_metrics(batch, learn, items, timing, sync, state.version, pool)
-            metrics.write(state.step, m)
-            if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps:
-                checkpoint_phase(ckpt_root, state, learners)
-            rollouts.step_done(state.step)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{m['reward/total']:.3f}", bbox=f"{m['reward/bbox']:.3f}",
-                                kept=f"{len(batch.groups)}")
+        with StopOnSigterm() as stop:
+            while state.step < n_steps:
+                t_step = time.perf_counter()
+                batch = rollouts.next()
+                t_learn = time.perf_counter()
+                items = to_train_items(cfg, batch.groups, state.version)
+                learn = learn_phase(learners, items)
+                t_learned = time.perf_counter()
+                rollouts.wait_collected(state.step)  # until then the pool belongs to the rollout thread
+                t_sync = time.perf_counter()
+                sync = SyncTiming()
+                if learn is not None:
+                    state.version += 1
+                    sync = sync_phase(learners, pool, probe, state.version)
+                state.step += 1
+                state.sampler = batch.sampler_after
+                timing = LoopTiming(step_s=time.perf_counter() - t_step, learn_s=t_learned - t_learn,
+                                    rollout_wait_s=t_learn - t_step, pool_wait_s=t_sync - t_learned,
+                                    overlap_s=overlap_s((t_learn, t_learned), rollouts.recent_intervals()))
+                m = step_metrics(batch, learn, items, timing, sync, state.version, pool)
+                metrics.write(state.step, m)
+                if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps or stop.requested:
+                    path = checkpoint_phase(ckpt_root, state, learners)
+                    if stop.requested and state.step < n_steps:
+                        raise Preempted(state.step, path)
+                rollouts.step_done(state.step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{m['reward/total']:.3f}", bbox=f"{m['reward/bbox']:.3f}",
+                                    kept=f"{len(batch.groups)}")
     finally:
         rollouts.close()
         if bar is not None:

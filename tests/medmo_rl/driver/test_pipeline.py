@@ -282,3 +282,27 @@ def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submit
     assert [x["step"] for x in resumed] == [1, 2, 3, 4, 5, 6]
     assert [x["sample_ids"] for x in resumed] == [x["sample_ids"] for x in _rows(async_run)]
     assert resumed[2]["rollout/staleness_max"] == 0  # step 3 after the resume: collected with the checkpoint's weights
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_the_rerun_resumes(async_run, submitted_run, test_root):
+    """What `ray job stop` and a preempted node send: the driver finishes the step it is in,
+    checkpoints, says how to resume and exits 75; the same command completes the run."""
+    cmd, run = _rl_only(submitted_run, test_root / "runs", "sigterm", ASYNC)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    metrics = run / "rl" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
+    proc.send_signal(signal.SIGTERM)  # the driver alone, not its Ray workers
+    assert proc.wait(timeout=300) == 75, "".join(out)[-4000:]
+    reader.join(timeout=10)
+    text = "".join(out)
+    steps = len(_rows(run))
+    assert f"stopped by SIGTERM after RL step {steps}" in text and "Run the same command again" in text
+    assert 1 <= steps < 6 and not (run / "rl" / "final" / "DONE").exists()
+    assert (run / "rl" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:06d}"
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert [x["sample_ids"] for x in _rows(run)] == [x["sample_ids"] for x in _rows(async_run)]

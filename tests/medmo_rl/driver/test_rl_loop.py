@@ -8,7 +8,7 @@ import pytest
 from medmo_rl.config import load_config
 from medmo_rl.learner import LearnStats
 from medmo_rl.records import Completion, Group
-from medmo_rl.driver.rl_loop import (LoopTiming, Rollouts, ScoredGroup, StepBatch, SyncTiming, collect_phase, overlap_s, part_mean,
+from medmo_rl.driver.rl_loop import (LoopTiming, Rollouts, StopOnSigterm, ScoredGroup, StepBatch, SyncTiming, collect_phase, overlap_s, part_mean,
                                      prompts_per_step, step_metrics, to_train_items)
 from medmo_rl.sampler import PromptSampler
 from medmo_rl.schema import Sample
@@ -230,3 +230,16 @@ def test_rollouts_resume_mid_run_and_raise_collect_errors():
         r.next()
     assert isinstance(e.value.__cause__, ValueError)
     r.close()
+
+
+def test_sigterm_is_turned_into_a_request_and_the_handler_restored():
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSigterm() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process without the handler
+        time.sleep(0.05)
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) is before
