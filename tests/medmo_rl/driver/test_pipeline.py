@@ -1,6 +1,9 @@
-"""The whole recipe as one job: `ray job submit -- python -m medmo_rl.run` (its rollout pool grown
-by `python -m medmo_rl.control` while it runs), then kill -9 mid-RL + resume; then asynchronous RL
-(rl.max_staleness=1) on the job's SFT checkpoint, with a rollout actor and the driver killed.
+"""The whole recipe as one job: `ray job submit -- python -m medmo_rl.run` on a 2-CPU head (what a
+plain `ray start --head` gives on this 2-core machine: the RL stage's CPU reservations are scaled
+to fit, issue 16) with Ray's working-dir copy and a RELATIVE output_dir (which must land outside
+that copy), its rollout pool grown by `python -m medmo_rl.control` while it runs; then kill -9
+mid-RL + resume; then asynchronous RL (rl.max_staleness=1) on the job's SFT checkpoint, with a
+rollout actor killed, the driver killed, and SIGTERM.
 
 Real everything: a Ray head started with `ray start` (loopback, own temp dir, auth disabled), Ray
 Train SFT stages, vLLM rollout actors, the uvicorn reward service, DDP learners, eval with vLLM.
@@ -63,7 +66,7 @@ def ray_head(test_root):
     temp.mkdir()
     dash, gcs = _free_port(), _free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--num-cpus", "8", "--temp-dir", str(temp), "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+           "--num-cpus", "2", "--temp-dir", str(temp), "--port", str(gcs), "--dashboard-host", "127.0.0.1",
            "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(_free_port()),
            "--dashboard-agent-grpc-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
            "--runtime-env-agent-port", str(_free_port()), "--include-dashboard=true", "--disable-usage-stats"]
@@ -91,11 +94,12 @@ def ray_head(test_root):
             os.kill(int(pid), signal.SIGKILL)
 
 
-def _submit(address: str, args: list[str], timeout_s: int) -> subprocess.CompletedProcess:
+def _submit(address: str, args: list[str], timeout_s: int, runtime_env: dict) -> subprocess.CompletedProcess:
     ray = str(Path(sys.executable).parent / "ray")
     deadline = time.monotonic() + 90
     while True:  # the dashboard's job agent needs a few seconds after `ray start`
-        r = subprocess.run([ray, "job", "submit", "--address", address, "--", "python", "-m", "medmo_rl.run", *args],
+        r = subprocess.run([ray, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env),
+                            "--", "python", "-m", "medmo_rl.run", *args],
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout_s)
         out = r.stdout + r.stderr
         transient = "No available agent" in out or "Failed to connect to Ray" in out
@@ -108,7 +112,7 @@ def _submit(address: str, args: list[str], timeout_s: int) -> subprocess.Complet
 def submitted_run(ray_head, test_root):
     """The job, and — while it runs — the operator growing its rollout pool to 2 workers with
     `python -m medmo_rl.control` (it answers once the RL stage has created its control actor)."""
-    out = test_root / "runs"
+    output_root = test_root / "persistent"
     done = threading.Event()
     control: list[subprocess.CompletedProcess] = []
 
@@ -124,18 +128,31 @@ def submitted_run(ray_head, test_root):
 
     grower = threading.Thread(target=grow_pool, daemon=True)
     grower.start()
+    # working_dir: the job runs in Ray's temporary copy of the repo, so the relative output_dir
+    # "runs" would land (and vanish) there without the driver's redirection to MEDMO_OUTPUT_ROOT
+    runtime_env = {"working_dir": str(REPO), "env_vars": {"MEDMO_OUTPUT_ROOT": str(output_root)}}
     try:
-        r = _submit(ray_head.dashboard, [f"output_dir={out}", "name=jobtest", *FAST], timeout_s=900)
+        r = _submit(ray_head.dashboard, ["output_dir=runs", "name=jobtest", *FAST], timeout_s=1200,
+                    runtime_env=runtime_env)
     finally:
         done.set()
         grower.join(timeout=150)
-    assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-4000:]
+    out = r.stdout + r.stderr
+    (test_root / "jobtest-output.txt").write_text(out)
+    assert r.returncode == 0 and "succeeded" in out, out[-4000:]
     assert control and "rollout workers: 2" in control[0].stdout, "the control CLI never reached the RL stage"
-    return out / "jobtest"
+    return output_root / "runs" / "jobtest"
 
 
-def test_ray_job_submit_runs_all_stages(submitted_run):
+def test_ray_job_submit_runs_all_stages(submitted_run, test_root):
     d = submitted_run
+    out = (test_root / "jobtest-output.txt").read_text()
+    assert f"run directory: {d}\n" in out  # printed first thing, and it is where the run is
+    assert json.loads((d / "summary.json").read_text())["run_dir"] == str(d)
+    assert "Ray's temporary copy" in out
+    # 2 learners + 1 rollout worker + 1 spare, 1 CPU each, on 2 CPUs
+    assert "stage4: the cluster has 2 CPUs, the config reserves 4: scaling every CPU reservation of the stage by 0.5" in out
+    assert "stage2: the cluster has" not in out  # SFT's 2 workers × 1 CPU fit as configured
     assert (d / "config.yaml").is_file() and (d / "summary.md").is_file()
     for st in ("stage1", "stage2", "stage3"):
         assert (d / "sft" / st / "final" / "DONE").is_file()
@@ -144,7 +161,8 @@ def test_ray_job_submit_runs_all_stages(submitted_run):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["weight_version"] == r["step"] for r in rows)  # every step pushed verified weights
     assert all(len(r["sample_ids"]) == 6 for r in rows)
-    # the operator's resize (python -m medmo_rl.control, see submitted_run) reached the pool
+    # the operator's resize (python -m medmo_rl.control, see submitted_run) found room on the head
+    # (0.5 + 0.5 + 2 × 0.5 = 2 CPUs) instead of hanging
     assert rows[-1]["rollout/num_workers"] == 2
     assert (d / "rl" / "reward_curve.png").stat().st_size > 1000
     summary = json.loads((d / "summary.json").read_text())
