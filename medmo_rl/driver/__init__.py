@@ -1,8 +1,10 @@
 """The driver: the ONE place that wires the parts into a Ray job.
 
-    cluster.py         join or start the Ray cluster (init_ray)
+    cluster.py         join or start the Ray cluster (init_ray), check a stage fits it, resolve the
+                       run dir outside Ray's working-dir copy, exit when the cluster is gone
+    fit.py             what a stage reserves and the rule that scales it to a small cluster (pure)
     pipeline.py        run_pipeline: SFT stages 1-3 (sft/) → RL (stage 4) → eval, the run directory
-    rl_loop.py         the RL controller, one function per phase
+    rl_loop.py         the RL controller, one function per phase; Rollouts: the async schedule
     learner_group.py   N learner ranks (medmo_rl.learner.Learner) as Ray actors
     reward_service.py  start or attach to the reward service (rewards/) for the RL stage
     control.py         the named Control actor and its CLI (python -m medmo_rl.control)
