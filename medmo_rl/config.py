@@ -220,6 +220,9 @@ class EvalConfig:
 class RunConfig:
     name: str = "tiny"
     output_dir: str = "runs"
+    # a run directory with less free space stops the run before any stage (checkpoints need room;
+    # a full disk mid-run would lose the step being written)
+    min_free_gib: NonNegFloat = 1.0
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

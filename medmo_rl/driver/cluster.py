@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -152,6 +153,30 @@ def in_ray_temp_copy(cwd: Path, environ: Mapping[str, str]) -> bool:
     parts = cwd.parts
     return "runtime_resources" in parts or (
         "RAY_JOB_CONFIG_JSON_ENV_VAR" in environ and any(p.startswith("session_") for p in parts))
+
+
+class BadRunDir(RuntimeError):
+    """The run directory cannot hold a run: it says which path, what is wrong and what to change."""
+
+
+def check_run_dir(run_dir: Path, min_free_gib: float) -> None:
+    """Before any stage: the run directory exists (or can be made), takes a written file, and has
+    at least `min_free_gib` GiB free — else BadRunDir naming the path (nothing has trained yet)."""
+    fix = "set output_dir=… (or $MEDMO_OUTPUT_ROOT under ray job submit) to a writable folder"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        with open(probe, "wb") as f:  # a read-only mount or a full disk fails here, not at step 1000
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise BadRunDir(f"run directory {run_dir} is not writable: {exc.strerror or exc} ({fix})") from None
+    free = shutil.disk_usage(run_dir).free / 2**30
+    if free < min_free_gib:
+        raise BadRunDir(f"run directory {run_dir} has {free:.3g} GiB free, less than min_free_gib={min_free_gib:g} "
+                        f"({fix}, or lower min_free_gib)")
 
 
 def resolve_output_dir(output_dir: str, cwd: Path, environ: Mapping[str, str]) -> tuple[Path, str]:

@@ -33,8 +33,8 @@ from transformers import AutoProcessor
 from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
 from medmo_rl.datasets import resolve
-from medmo_rl.driver.cluster import (EXIT_PREEMPTED, ClusterTooSmall, check_fit, init_ray, log_scaling,
-                                     resolve_output_dir, start_gcs_watchdog)
+from medmo_rl.driver.cluster import (EXIT_PREEMPTED, BadRunDir, ClusterTooSmall, check_fit, check_run_dir, init_ray,
+                                     log_scaling, resolve_output_dir, start_gcs_watchdog)
 from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
 from medmo_rl.driver.fit import Fit, Reservation, rl_demand, scale_rl, scale_sft, sft_demand
@@ -172,7 +172,10 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
     print(f"run directory: {run_dir}", flush=True)  # first, so a user of `ray job submit` knows where to look
     if moved:
         log.warning("%s", moved)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_run_dir(run_dir, cfg.min_free_gib)
+    except BadRunDir as exc:
+        raise SystemExit(f"error: {exc}") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     summary = RunSummary(run_dir)
     if moved:
