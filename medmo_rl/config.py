@@ -148,7 +148,7 @@ class RewardConfig:
     replicas: PositiveInt = 1
     cpus_per_replica: NonNegFloat = 0.25
     timeout_s: NonNegFloat = 30.0
-    retries: NonNegInt = 3
+    retries: NonNegInt = 5  # backoff 0.5 · 2^k s: 15.5 s in all, enough for a restarted service (driver/reward_service.py)
     max_concurrency: PositiveInt = 8
     max_failed_fraction: UnitFloat = 0.5  # stop the run when more scoring fails than this
 

@@ -103,6 +103,7 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
             train_rl(cfg, policy_dir, rl_dir, rep.samples, pool=pool, learners=learners, client=client,
                      probe=probe, metrics=metrics,
                      desired_rollout_workers=lambda: ray.get(control.get_rollout_workers.remote()))
+            summary.notes += svc.events  # the reward service's deaths and restarts, if any
             tmp = rl_dir / ".final_tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             learners.save(str(tmp))

@@ -5,13 +5,21 @@
   url      an already running service at `reward.url`
 
 Either way the learner side talks plain HTTP through `rewards.client.RewardClient`.
+
+A uvicorn child that dies (kill -9, OOM) is restarted on the same port by a watcher thread within
+about a second plus its start-up; the client's retries (reward.retries, exponential backoff) cover
+the gap, and what they cannot cover is scored NaN (zero advantage, counted). Each death and
+restart is logged with its time and kept in `events` for the run's summary. (Ray Serve replaces
+its own replicas.)
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +27,8 @@ import httpx
 
 from medmo_rl.config import RunConfig, dump_yaml
 from rewards.serve import deploy_serve
+
+log = logging.getLogger("medmo_rl")
 
 
 def _free_port() -> int:
@@ -56,10 +66,40 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
 class RewardService:
     """Context manager: start (or attach to) the reward service, yield its URL, stop what it started."""
 
-    def __init__(self, cfg: RunConfig, work_dir: Path):
+    def __init__(self, cfg: RunConfig, work_dir: Path, *, watch_interval_s: float = 0.5):
         self.cfg, self.work_dir = cfg, Path(work_dir)
         self.url = ""
+        self.events: list[str] = []  # "HH:MM:SS what died → what was done", for summary.md
         self._proc: subprocess.Popen | None = None
+        self._cmd: list[str] = []
+        self._stop = threading.Event()
+        self._watch_interval_s = watch_interval_s
+        self._watcher: threading.Thread | None = None
+
+    def _start_child(self) -> None:
+        log_path = self.work_dir / "reward_service.log"
+        self._proc = subprocess.Popen(self._cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                                      env=dict(os.environ), preexec_fn=_die_with_parent)
+        wait_healthy(self.url, 60, self._proc, log_path)
+
+    def _watch(self) -> None:
+        """Restart the uvicorn child whenever it exits while the stage still needs it."""
+        while not self._stop.wait(self._watch_interval_s):
+            code = self._proc.poll()
+            if code is None:
+                continue
+            t0, pid = time.monotonic(), self._proc.pid
+            try:
+                self._start_child()
+            except (RuntimeError, TimeoutError) as exc:
+                event = f"{time.strftime('%H:%M:%S')} reward service (pid {pid}) died (exit code {code}); restart failed: {exc}"
+                log.error("%s", event)
+                self.events.append(event)
+                return  # the client's failures now count towards reward.max_failed_fraction and stop the run
+            event = (f"{time.strftime('%H:%M:%S')} reward service (pid {pid}) died (exit code {code}); restarted at "
+                     f"{self.url} (pid {self._proc.pid}) in {time.monotonic() - t0:.1f} s")
+            log.warning("%s", event)
+            self.events.append(event)
 
     def __enter__(self) -> "RewardService":
         rc = self.cfg.reward
@@ -74,19 +114,20 @@ class RewardService:
             cfg_path = self.work_dir / "reward_config.yaml"
             cfg_path.write_text(dump_yaml(self.cfg))
             port = _free_port()
-            log = self.work_dir / "reward_service.log"
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(cfg_path)],
-                stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=dict(os.environ),
-                preexec_fn=_die_with_parent,
-            )
-            self.url = f"http://127.0.0.1:{port}"
-            wait_healthy(self.url, 60, self._proc, log)
+            self._cmd = [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port),
+                         "--config", str(cfg_path)]
+            self.url = f"http://127.0.0.1:{port}"  # a restart reuses the port: the client's URL stays valid
+            self._start_child()
+            self._watcher = threading.Thread(target=self._watch, name="reward-service-watch", daemon=True)
+            self._watcher.start()
             return self
         wait_healthy(self.url, 60)
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=70)  # it may be waiting for a restarted child to be healthy
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

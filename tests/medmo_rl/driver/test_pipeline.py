@@ -239,7 +239,8 @@ def _gcs_address(driver_output: list[str]) -> str:
 @pytest.fixture(scope="module")
 def async_run(submitted_run, test_root):
     """rl.max_staleness=1: once step 1 is logged (the rollout thread is then collecting ahead), kill -9
-    the rollout actor and ask the running job for a second rollout worker (python -m medmo_rl.control)."""
+    the rollout actor, ask the running job for a second rollout worker (python -m medmo_rl.control),
+    and kill -9 the reward service."""
     import psutil
 
     cmd, run = _rl_only(submitted_run, test_root / "runs", "async", ASYNC)
@@ -258,12 +259,15 @@ def async_run(submitted_run, test_root):
                            "async", "--rollout-workers", "2"], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert grow.returncode == 0 and "rollout workers: 2" in grow.stdout, grow.stdout + grow.stderr
+    services = [p for p in driver.children() if any("rewards.serve" in part for part in p.cmdline())]
+    assert len(services) == 1, [p.cmdline() for p in driver.children()]
+    services[0].kill()  # the uvicorn reward service: the driver restarts it, the client's retries cover the gap
     assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
     reader.join(timeout=10)
     return run
 
 
-def test_async_rl_rides_through_a_killed_rollout_actor(async_run, submitted_run):
+def test_async_rl_rides_through_a_killed_rollout_actor_and_reward_service(async_run, submitted_run):
     rows, reference = _rows(async_run), _rows(submitted_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # every prompt of every step answered once: the pool retried the dead actor's calls on its replacement
@@ -281,6 +285,8 @@ def test_async_rl_rides_through_a_killed_rollout_actor(async_run, submitted_run)
     stale = [r for r in rows if r["rollout/staleness_mean"] == 1.0]
     assert stale and all(r["learn/is_weight_mean"] != 1.0 for r in stale)  # weights, not a constant 1
     assert (async_run / "rl" / "final" / "DONE").exists()
+    summary = (async_run / "summary.md").read_text()
+    assert "reward service (pid" in summary and "died (exit code -9); restarted at" in summary
 
 
 def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submitted_run, test_root):

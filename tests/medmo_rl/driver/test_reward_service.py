@@ -30,3 +30,27 @@ def test_service_answers_and_dies_with_a_killed_driver(tmp_path):
     while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower():
         assert time.monotonic() < deadline, "reward service outlived its driver"
         time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_a_killed_service_is_restarted_on_its_port_and_the_client_retries_cover_the_gap(tmp_path):
+    from medmo_rl.config import load_config
+    from medmo_rl.driver.reward_service import RewardService
+    from medmo_rl.schema import Sample
+    from rewards.client import RewardClient
+    from rewards.composite import ScoreItem
+
+    sample = Sample(id="s0", task="grounding", prompt="Locate every lesion.", answer="nodule <box>[[0, 0, 500, 500]]</box>",
+                    images=("x.png",), boxes=((0.0, 0.0, 32.0, 32.0),), labels=("nodule",), image_size=(64, 64))
+    items = [ScoreItem("<think>t</think><answer>nodule <box>[[0, 0, 500, 500]]</box></answer>", 20, sample)] * 4
+    cfg = load_config()
+    with RewardService(cfg, tmp_path) as svc, RewardClient(svc.url, retries=cfg.reward.retries) as client:
+        first = svc._proc.pid
+        before = [r.total for r in client.score(items)]
+        assert all(r > 0 for r in before)
+        os.kill(first, 9)
+        results = client.score(items)  # sent while the service is down or restarting
+        assert all(r.error is None for r in results), [r.error for r in results]
+        assert [r.total for r in results] == before
+        assert svc._proc.pid != first and httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200
+        assert len(svc.events) == 1 and f"(pid {first}) died (exit code -9); restarted at {svc.url}" in svc.events[0]
