@@ -44,7 +44,7 @@ def test_a_read_only_run_dir_stops_the_run_before_any_stage(tiny_mount, tmp_path
     (tiny_mount / "runs").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_mount)], check=True)
     r = subprocess.run([sys.executable, "-m", "medmo_rl.run", f"output_dir={tiny_mount / 'runs'}", "min_free_gib=0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert f"error: run directory {tiny_mount / 'runs' / 'tiny'} is not writable: Read-only file system" in r.stderr
     assert "Ray:" not in r.stdout  # stopped before joining or starting a cluster
