@@ -225,6 +225,18 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 6
         time.sleep(0.3)
 
 
+def _start_until_step_1(cmd: list[str], run: Path) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """Start an RL-only run, collect its output lines in a thread, return once step 1 is logged."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    metrics = run / "rl" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
+    return proc, out, reader
+
+
 ASYNC = ["rl.max_staleness=1", "rl.max_steps=6"]
 
 
@@ -244,13 +256,7 @@ def async_run(submitted_run, test_root):
     import psutil
 
     cmd, run = _rl_only(submitted_run, test_root / "runs", "async", ASYNC)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-    reader.start()
-    metrics = run / "rl" / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
+    proc, out, reader = _start_until_step_1(cmd, run)
     driver = psutil.Process(proc.pid)
     actors = [p for p in driver.children(recursive=True) if any("RolloutActor" in part for part in p.cmdline())]
     assert len(actors) == 1, [p.cmdline() for p in actors]
@@ -312,13 +318,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_the_rerun_resumes(async_ru
     """What `ray job stop` and a preempted node send: the driver finishes the step it is in,
     checkpoints, says how to resume and exits 75; the same command completes the run."""
     cmd, run = _rl_only(submitted_run, test_root / "runs", "sigterm", ASYNC)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-    reader.start()
-    metrics = run / "rl" / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc, "RL step 1")
+    proc, out, reader = _start_until_step_1(cmd, run)
     proc.send_signal(signal.SIGTERM)  # the driver alone, not its Ray workers
     assert proc.wait(timeout=300) == 75, "".join(out)[-4000:]
     reader.join(timeout=10)
