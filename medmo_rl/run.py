@@ -11,11 +11,13 @@ the same command resumes from the last completed stage and step.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from medmo_rl.config import ConfigError, RunConfig, default_config_path, dump_yaml, load_config
+from medmo_rl.driver.run_dir import resolve_output_dir
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ def stage_plan(cfg: RunConfig) -> list[StagePlan]:
     return plan
 
 
-def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.output_dir) / cfg.name
+def run_dir_for(cfg: RunConfig) -> tuple[Path, str]:
+    """→ (the absolute run directory the job will use, why it is not output_dir/name — "" when it is)."""
+    output_dir, moved = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
+    return output_dir / cfg.name, moved
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"# resolved config ({args.config or default_config_path()})")
         print(dump_yaml(cfg))
-        print(f"# stage plan → run directory {run_dir_for(cfg)}")
+        run_dir, moved = run_dir_for(cfg)
+        print(f"# stage plan → run directory {run_dir}" + (f"  ({moved})" if moved else ""))
         for st in stage_plan(cfg):
             print(f"  {st.name:7s} [{st.kind:4s}] {'on ' if st.enabled else 'off'}  {st.detail}")
         return 0

@@ -1,7 +1,8 @@
 """The driver: the ONE place that wires the parts into a Ray job.
 
-    cluster.py         join or start the Ray cluster (init_ray), check a stage fits it, resolve the
-                       run dir outside Ray's working-dir copy, exit when the cluster is gone
+    cluster.py         join or start the Ray cluster (init_ray), check a stage fits it, exit when
+                       the cluster is gone
+    run_dir.py         the run dir: outside Ray's working-dir copy, writable, with room (pure)
     fit.py             what a stage reserves and the rule that scales it to a small cluster (pure)
     pipeline.py        run_pipeline: SFT stages 1-3 (sft/) → RL (stage 4) → eval, the run directory
     rl_loop.py         the RL controller, one function per phase; Rollouts: the async schedule

@@ -16,7 +16,7 @@ Before anything trains, every stage to run is checked against the cluster's reso
 that cannot fit stops here, naming demand, supply and keys); right before each stage the check
 runs again and the stage gets its config with CPU reservations scaled to fit (driver/fit.py).
 Under `ray job submit --working-dir` a relative output_dir resolves outside Ray's temporary copy
-(driver/cluster.py resolve_output_dir); the absolute run directory is printed first.
+(driver/run_dir.py resolve_output_dir); the absolute run directory is printed first.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from transformers import AutoProcessor
 from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
 from medmo_rl.datasets import resolve
-from medmo_rl.driver.cluster import (EXIT_PREEMPTED, BadRunDir, ClusterTooSmall, check_fit, check_run_dir, init_ray,
-                                     log_scaling, resolve_output_dir, start_gcs_watchdog)
+from medmo_rl.driver.cluster import EXIT_PREEMPTED, ClusterTooSmall, check_fit, init_ray, log_scaling, start_gcs_watchdog
+from medmo_rl.driver.run_dir import BadRunDir, check_run_dir, resolve_output_dir
 from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
 from medmo_rl.driver.fit import Fit, Reservation, rl_demand, scale_rl, scale_sft, sft_demand

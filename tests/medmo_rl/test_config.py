@@ -119,6 +119,20 @@ def test_cli_dry_run_prints_plan(capsys):
     assert "num_generations: 4" in out and "stage4" in out and "DAPO G=4" in out
 
 
+def test_cli_dry_run_prints_the_run_dir_the_job_will_use(capsys, monkeypatch, tmp_path):
+    """Inside Ray's working-dir copy a relative output_dir moves to $MEDMO_OUTPUT_ROOT: --dry-run says so."""
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_ab"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("MEDMO_OUTPUT_ROOT", str(tmp_path / "keep"))
+    assert run_main(["--dry-run", "name=probe"]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory {tmp_path / 'keep' / 'runs' / 'probe'}  (output_dir 'runs' would resolve inside" in out
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["--dry-run", "name=probe"]) == 0
+    assert f"run directory {tmp_path / 'runs' / 'probe'}\n" in capsys.readouterr().out
+
+
 def test_cli_bad_override_exits_2(capsys):
     assert run_main(["--dry-run", "rl.bogus=1"]) == 2
     assert "rl.bogus" in capsys.readouterr().err

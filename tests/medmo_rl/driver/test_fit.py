@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medmo_rl.config import load_config
-from medmo_rl.driver.cluster import resolve_output_dir
+from medmo_rl.driver.run_dir import resolve_output_dir
 from medmo_rl.driver.fit import (Reservation, Supply, cpu_scale, fit, rl_demand, scale_rl, scale_sft, scaled_cpus,
                                  sft_demand)
 

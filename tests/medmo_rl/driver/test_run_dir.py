@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medmo_rl.driver.cluster import BadRunDir, check_run_dir
+from medmo_rl.driver.run_dir import BadRunDir, check_run_dir
 
 REPO = Path(__file__).resolve().parents[3]
 
