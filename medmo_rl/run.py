@@ -11,13 +11,11 @@ the same command resumes from the last completed stage and step.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from medmo_rl.config import ConfigError, RunConfig, default_config_path, dump_yaml, load_config
-from medmo_rl.driver.run_dir import resolve_output_dir
+from medmo_rl.driver.run_dir import run_dir_for
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,6 @@ def stage_plan(cfg: RunConfig) -> list[StagePlan]:
     plan.append(StagePlan("eval", "eval", cfg.eval.enabled,
                           f"benchmarks {', '.join(cfg.eval.benchmarks)} (limit {cfg.eval.limit or 'none'})"))
     return plan
-
-
-def run_dir_for(cfg: RunConfig) -> tuple[Path, str]:
-    """→ (the absolute run directory the job will use, why it is not output_dir/name — "" when it is)."""
-    output_dir, moved = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
-    return output_dir / cfg.name, moved
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

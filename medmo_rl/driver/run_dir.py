@@ -1,8 +1,8 @@
 """Where the run directory goes, and whether it can hold a run (pure: no Ray, so `--dry-run` can
 print the same path the job will use).
 
-    output_dir, why = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
-    check_run_dir(output_dir / cfg.name, cfg.min_free_gib)     # BadRunDir before any stage runs
+    run_dir, why = run_dir_for(cfg)                    # what the job and `--dry-run` both print
+    check_run_dir(run_dir, cfg.min_free_gib)           # BadRunDir before any stage runs
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+
+from medmo_rl.config import RunConfig
 
 OUTPUT_ROOT_ENV = "MEDMO_OUTPUT_ROOT"
 
@@ -65,3 +67,9 @@ def resolve_output_dir(output_dir: str, cwd: Path, environ: Mapping[str, str]) -
     return (root / path).resolve(), (f"output_dir {output_dir!r} would resolve inside Ray's temporary copy of the "
                                      f"working dir ({cwd}), deleted with the cluster: using ${OUTPUT_ROOT_ENV} "
                                      f"or ~/medmo_rl instead")
+
+
+def run_dir_for(cfg: RunConfig) -> tuple[Path, str]:
+    """→ (the absolute run directory the job uses, why it is not cwd/output_dir/name — "" when it is)."""
+    output_dir, moved = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
+    return output_dir / cfg.name, moved
