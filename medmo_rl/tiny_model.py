@@ -182,15 +182,30 @@ def _text_config(tokenizer_name: str, tokenizer) -> dict:
     return dict(vocab_size=vocab, num_hidden_layers=2, head_dim=32, max_position_embeddings=4096, **sizes)
 
 
+def save_processor(out: Path, tok, chat_template: str) -> None:
+    """The Qwen3-VL processor (patch 16, merge 2, temporal patch 2 — the real models' values) and
+    the tokenizer, saved beside the weights."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    # 64×64 → 16 patches → 4 image tokens after the 2×2 merge; up to 1280² for real images.
+    size = {"shortest_edge": 32 * 32, "longest_edge": 1280 * 1280}
+    image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2,
+                                            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=video_processor, chat_template=chat_template)
+    processor.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def build(out_dir: str | os.PathLike, seed: int = 0, tokenizer: str = "tiny") -> Path:
     """Build and save the tiny model + tokenizer + processor into out_dir; returns the path.
 
     tokenizer: "tiny" (the home-made BPE, default) or "qwen3" (Qwen3's real tokenizer).
     """
     import torch
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor)
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer {tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
@@ -222,15 +237,7 @@ def build(out_dir: str | os.PathLike, seed: int = 0, tokenizer: str = "tiny") ->
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
-    # 64×64 → 16 patches → 4 image tokens after the 2×2 merge; up to 1280² for real images.
-    size = {"shortest_edge": 32 * 32, "longest_edge": 1280 * 1280}
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2,
-                                            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    video_processor = Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                 video_processor=video_processor, chat_template=chat_template)
-    processor.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_processor(out, tok, chat_template)
     meta = {"seed": seed, "params": sum(p.numel() for p in model.parameters())}
     if tokenizer != "tiny":  # the default's metadata stays byte-identical to before --tokenizer existed
         meta["tokenizer"] = tokenizer
