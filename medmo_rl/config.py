@@ -98,6 +98,8 @@ class SFTConfig:
     num_workers: PositiveInt = 2  # Ray Train workers
     cpus_per_worker: NonNegFloat = 1.0
     use_gpu: bool = False
+    loader_workers: NonNegInt = 1  # DataLoader processes per Ray Train worker collating steps ahead; 0 → in the step
+    prefetch_steps: PositiveInt = 4  # steps each loader process keeps ready (memory: their batches); 2: tiny waits 6 %
     stage1: SFTStageConfig = field(default_factory=SFTStageConfig)
     stage2: SFTStageConfig = field(default_factory=SFTStageConfig)
     stage3: SFTStageConfig = field(default_factory=SFTStageConfig)
@@ -191,6 +193,11 @@ class RLConfig:
     use_gpu: bool = False
     bf16: bool = False
     checkpoint_every: PositiveInt = 10
+    # a learner actor that dies (or a step that outlasts learner_timeout_s): the driver rebuilds the
+    # learner group from the last RL checkpoint and replays from there, at most this often per run
+    max_learner_restarts: NonNegInt = 3
+    learner_timeout_s: PositiveFloat = 1800.0  # longest one learner call (a step, a weight export, a save) may take
+    monitor_every: NonNegInt = 10  # steps between resource samples (rl/resources.jsonl + .png); 0: off
     train_set: str = "synthetic_grounding"  # dataset name or JSONL path of RL prompts
     answer_format: Literal["plain", "think_answer"] = "think_answer"
 

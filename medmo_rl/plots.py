@@ -59,3 +59,23 @@ def line_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], out:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def panel_curves(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], out: str | Path, *,
+                 title: str, xlabel: str = "step") -> Path:
+    """One subplot per panel (its y label = the panel's name), several named lines in each."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)
+    for ax, (ylabel, series) in zip(axes[:, 0], panels.items()):
+        for name, (x, y) in series.items():
+            ax.plot(x, y, label=name, marker=".")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

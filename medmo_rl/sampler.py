@@ -2,7 +2,8 @@
 
 Epoch e visits the dataset in the order of a permutation seeded by (seed, e); the position is
 just (epoch, index), so a checkpoint stores two integers and a resumed run draws exactly the ids an
-uninterrupted run would have drawn — across epoch boundaries too.
+uninterrupted run would have drawn — across epoch boundaries too. Items are read by index and never
+copied, so a memory-mapped `arrow_store.ArrowSamples` serves as well as a list.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ class SamplerState:
 
 class PromptSampler(Generic[T]):
     def __init__(self, items: Sequence[T], seed: int, state: SamplerState = SamplerState()):
-        if not items:
+        if len(items) == 0:
             raise ValueError("PromptSampler needs at least one item")
-        self.items, self.seed, self.state = list(items), seed, state
+        self.items, self.seed, self.state = items, seed, state
         self._perm_epoch, self._perm = -1, np.arange(0)
 
     def _order(self, epoch: int) -> np.ndarray:

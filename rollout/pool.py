@@ -24,6 +24,7 @@ once started; a removed one finishes its queued calls first).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from medmo_rl.config import RolloutConfig
+from medmo_rl.faults import FaultLog
 from medmo_rl.records import Group, SamplingSpec
 from medmo_rl.schema import Sample
 from medmo_rl.weights import weight_buckets
@@ -56,6 +58,7 @@ class _Slot:
     draining: bool = False  # removed: takes no new calls, stopped when its queue is empty
     pid: int | None = None
     last_error: str = ""  # why its last actor died
+    died: tuple[float, str] | None = None  # (monotonic time, what died) until the replacement serves
 
     @property
     def serving(self) -> bool:
@@ -85,12 +88,14 @@ class RolloutPool:
         max_in_flight: int = 2,  # calls queued per actor, so it never idles between calls
         max_restarts: int = 4,  # actor replacements allowed within one generate() call
         seed: int = 0,
+        faults: FaultLog | None = None,  # where replaced actors are recorded (medmo_rl/faults.py)
     ):
         if config.num_workers < 1:
             raise ValueError("rollout.num_workers must be ≥ 1")
         self.model_dir, self.config, self.seed = str(model_dir), config, seed
         self.prompts_per_call, self.max_in_flight, self.max_restarts = prompts_per_call, max_in_flight, max_restarts
         self.restarts = 0  # actors replaced after dying, over the pool's life
+        self.faults = faults if faults is not None else FaultLog()
         self._remote_actor = ray.remote(RolloutActor).options(
             num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
             runtime_env={"env_vars": actor_env(config)}, max_restarts=0,
@@ -170,14 +175,16 @@ class RolloutPool:
         bucket_refs = [ray.put(bucket) for bucket in weight_buckets(weights, bucket_bytes)]
         return self.push_weight_refs(version, bucket_refs, expected_probe)
 
-    def push_weight_refs(self, version: int, bucket_refs: list[Any], expected_probe: list[float] | None = None
-                         ) -> list[WeightUpdate]:
+    def push_weight_refs(self, version: int, bucket_refs: list[Any], expected_probe: list[float] | None = None,
+                         *, rewind: bool = False) -> list[WeightUpdate]:
         """`push_weights` for buckets already in the object store (put by the learner itself:
         medmo_rl/learner_group.py), which saves the driver a copy of every push.
 
         Versions never go backwards (a restarted actor must not rejoin at weights older than the
-        ones the others hold); the same version again is allowed (a resumed run re-pushes it)."""
-        if version < self._weights.version:
+        ones the others hold); the same version again is allowed (a resumed run re-pushes it).
+        `rewind=True` is the one exception: a run that went back to a checkpoint (its learners were
+        rebuilt from it) pushes that checkpoint's older version to every actor at once."""
+        if version < self._weights.version and not rewind:
             raise ValueError(f"weight push v{version} after v{self._weights.version}: versions never go backwards")
         with self._phase:
             with self._lock:
@@ -311,9 +318,15 @@ class RolloutPool:
             return
         except WeightSyncError as exc:
             raise WeightSyncError(f"rollout worker {slot.slot_id}: {_reason(exc)}") from None
+        died = None
         with self._lock:
             if slot.actor is actor and slot.ready_ref is ready_ref:
                 slot.ready_ref, slot.push_ref, slot.pid = None, None, health.pid
+                died, slot.died = slot.died, None
+        if died is not None:
+            self.faults.record("rollout", what=died[1], recovery_s=time.monotonic() - died[0],
+                               action=f"replaced by pid {health.pid} serving weights v{health.weight_version}; "
+                                      f"its unfinished calls re-queued")
 
     def _replace(self, slot: _Slot, dead_actor: Any, exc: BaseException) -> None:
         """Swap a dead actor for a new one with the current weights (once per death)."""
@@ -321,6 +334,9 @@ class RolloutPool:
             if slot.actor is not dead_actor:
                 return  # another call on the same dead actor got here first
             self.restarts += 1
+            if slot.died is None:  # a replacement that dies while starting keeps the first death's time
+                cause = _reason(exc).split(". ")[0][:120]  # Ray's death notices run to a paragraph
+                slot.died = (time.monotonic(), f"rollout worker {slot.slot_id} (pid {slot.pid}) died ({cause})")
             self._start_actor(slot)
         _stop_actors([dead_actor])
 

@@ -11,7 +11,8 @@ Layout under run_dir:
 A stage whose final/DONE exists is skipped; a disabled stage passes its input model on. A stage
 killed mid-way resumes from its last checkpoint when run again with the same run_dir (Ray Train
 restores the checkpoint list from the stage folder). On a multi-node cluster run_dir must be on
-storage every node mounts (it is Ray Train's storage_path, and rank 0 writes metrics there).
+storage every node mounts (it is Ray Train's storage_path, and rank 0 writes metrics there), and so
+must the data cache: the workers memory-map the Arrow folders it converted (cluster/README.md).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from medmo_rl.config import DataConfig, ModelConfig, RunConfig, SFTConfig, SFTStageConfig
-from medmo_rl.datasets import resolve
+from medmo_rl.datasets import resolve_arrow
 from medmo_rl.metrics_log import MetricsProgress, read_metrics
 from sft.checkpoint import export_final, is_done
 from sft.train import StageJob, train_stage_worker
@@ -68,10 +69,12 @@ def run_stage(stage: str, cfg: SFTStageConfig, sft: SFTConfig, data: DataConfig,
         return final
     _check(stage, cfg, sft)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    datasets = tuple((name, str(resolve(name, data, data_cache_dir).resolve())) for name in cfg.mixture)
+    # converted (validated, rejects reported) once here, memory-mapped by every worker
+    datasets = tuple((name, str(resolve_arrow(name, data, data_cache_dir))) for name in cfg.mixture)
     job = StageJob(stage=stage, cfg=cfg, init_dir=str(Path(init_dir).resolve()), stage_dir=str(stage_dir),
                    datasets=datasets, weights=tuple(cfg.mixture.values()), seed=seed, use_gpu=sft.use_gpu,
-                   threads_per_worker=max(1, int(sft.cpus_per_worker)), crash_at_step=crash_at_step, dtype=dtype)
+                   threads_per_worker=max(1, int(sft.cpus_per_worker)), crash_at_step=crash_at_step, dtype=dtype,
+                   loader_workers=sft.loader_workers, prefetch_steps=sft.prefetch_steps)
     (stage_dir / "job.json").write_text(json.dumps(dataclasses.asdict(job), indent=1))
     trainer = TorchTrainer(
         train_stage_worker,

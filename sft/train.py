@@ -1,8 +1,10 @@
 """One SFT stage as the body of a Ray Train `TorchTrainer` worker (paper Sec. 3.1–3.4, App. B.1–B.3).
 
 Each worker: loads the model the stage starts from (the previous stage's `final/`, or the latest
-checkpoint of this stage when Ray Train hands one back), reads the stage's mixture as a
-deterministic stream (sft/mixture.py), takes its share of every global micro-batch, and trains
+checkpoint of this stage when Ray Train hands one back), memory-maps the stage's datasets (Arrow
+folders, medmo_rl/arrow_store.py), reads the mixture as a deterministic stream (sft/mixture.py),
+takes its share of every global micro-batch — collated ahead of the step by `sft.loader_workers`
+DataLoader processes, at most `sft.prefetch_steps` steps each (sft/loader.py) — and trains
 with AdamW (decay on matrices only), linear warm-up + cosine, gradient accumulation and clipping.
 DDP on CPU (gloo); FSDP2 (`fully_shard` per vision block and decoder layer, bf16 params with fp32
 reduction) on GPUs; optional gradient checkpointing. A step's loss is the mean over all answer
@@ -28,6 +30,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,9 @@ from medmo_rl.config import SFTStageConfig
 from medmo_rl.metrics_log import MetricsWriter
 from medmo_rl.parallel import adamw, grad_sync, optimizer_step, wrap_for_training
 from medmo_rl.schedules import lr_multiplier
-from medmo_rl.schema import Sample, load_samples
+from medmo_rl.arrow_store import ArrowSamples, open_arrow
 from sft.collator import SKIP_REASONS, SFTBatch, SFTCollator
+from sft.loader import StepBatches, prefetched
 from sft.loss import IGNORE, sft_token_loss
 from sft.mixture import MixtureStream, steps_for_epochs
 
@@ -56,22 +60,25 @@ class StageJob:
     cfg: SFTStageConfig
     init_dir: str  # HF folder the stage starts from
     stage_dir: str  # where metrics, checkpoints (via Ray) and final/ live
-    datasets: tuple[tuple[str, str], ...]  # (mixture name, JSONL path), in mixture order
+    datasets: tuple[tuple[str, str], ...]  # (mixture name, Arrow folder of arrow_store.to_arrow), in mixture order
     weights: tuple[float, ...]  # one per dataset
     seed: int
     use_gpu: bool
     threads_per_worker: int
     dtype: str  # model.dtype: what the weights load in
+    loader_workers: int = 1  # sft.loader_workers
+    prefetch_steps: int = 4  # sft.prefetch_steps
     crash_at_step: int = 0  # > 0: rank 0 raises after this optimizer step (fault injection for tests)
 
 
 # ---------------------------------------------------------------------------------------------
-def _load_mixture(job: StageJob, rank: int) -> list[list[Sample]]:
+def _load_mixture(job: StageJob, rank: int) -> list[ArrowSamples]:
+    """The mixture's datasets, memory-mapped; their conversion reports (rejects with ids) → data_report.json."""
     parts, report = [], {}
-    for name, path in job.datasets:
-        loaded = load_samples(path)
+    for name, folder in job.datasets:
+        loaded = open_arrow(folder)
         parts.append(loaded.samples)
-        report[name] = {"path": path, "records": len(loaded.samples), "rejected": len(loaded.rejected),
+        report[name] = {"path": folder, "records": len(loaded.samples), "rejected": len(loaded.rejected),
                         "rejected_ids": loaded.rejected[:100]}
         if loaded.rejected and rank == 0:
             log.warning("%s: %s: %s", job.stage, name, loaded.summary())
@@ -111,15 +118,6 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _step_batches(stream: MixtureStream, parts: list[list[Sample]], collator: SFTCollator, step: int,
-                  cfg: SFTStageConfig, rank: int, world: int) -> list[SFTBatch]:
-    """This worker's micro-batches of optimizer step `step` (1-based): every world-th pick of each."""
-    per_step = cfg.batch_size * cfg.grad_accum
-    picks = stream.take((step - 1) * per_step, step * per_step)
-    return [collator([parts[k][i] for k, i in picks[m * cfg.batch_size + rank:(m + 1) * cfg.batch_size:world]])
-            for m in range(cfg.grad_accum)]
-
-
 def _train_step(model, optimizer, scheduler, batches: list[SFTBatch], cfg: SFTStageConfig,
                 device: torch.device, world: int, autocast: bool) -> tuple[list[float], float, float]:
     """One optimizer step; returns this worker's [loss_sum, correct, entropy_sum, tokens, examples],
@@ -177,34 +175,46 @@ def train_stage_worker(config: dict[str, Any]) -> None:
 
     collator = SFTCollator(processor, answer_format=cfg.answer_format, max_pixels=cfg.max_pixels,
                            max_seq_len=cfg.max_seq_len)
+    steps = StepBatches(stream, parts, collator, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, rank=rank,
+                        world=world, start_step=start_step, total_steps=total)
     metrics = None
     if rank == 0:
         metrics = MetricsWriter(Path(job.stage_dir) / "metrics.jsonl", Path(job.stage_dir) / "tensorboard")
         metrics.truncate_after(start_step)  # a resumed run redoes the steps after its checkpoint
     autocast = cfg.bf16 and not job.use_gpu  # on GPU the FSDP2 policy casts
-    window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), 0
-    for step in range(start_step + 1, total + 1):
-        batches = _step_batches(stream, parts, collator, step, cfg, rank, world)
-        sums, grad_norm, lr = _train_step(model, optimizer, scheduler, batches, cfg, device, world, autocast)
-        window = [a + b for a, b in zip(window, sums)]
-        window_steps += 1
-        if step % cfg.log_every_steps == 0 or step == total:
-            skipped = sum(collator.skip_counts.values())
-            loss_sum, correct, entropy_sum, tokens, examples, new_skips = _all_sum(
-                window + [skipped - skipped_logged], device)
-            n = max(tokens, 1.0)
-            row = {"stage": job.stage, "loss": loss_sum / n, "mean_token_accuracy": correct / n,
-                   "entropy": entropy_sum / n, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
-                   "examples": examples, "skipped": new_skips, "position": step * per_step,
-                   "steps_per_s": window_steps / max(time.time() - t_window, 1e-9), "total_steps": total}
-            if metrics:
-                metrics.write(step, row)
-            window, window_steps, t_window, skipped_logged = [0.0] * 5, 0, time.time(), skipped
-        if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
-            _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank)
-        if job.crash_at_step and step == job.crash_at_step and rank == 0:
-            raise RuntimeError(f"{job.stage}: injected crash after step {step}")
-    _write_skips(collator, Path(job.stage_dir), rank, device)
+    skips, skipped_ids = Counter(), {}  # what the collator skipped (in the loader processes), this run
+    window, window_steps, t_window, skipped_logged, wait_s = [0.0] * 5, 0, time.time(), 0, 0.0
+    # closing ends the loader processes and removes their hand-off folder, on a crash too
+    with contextlib.closing(prefetched(steps, workers=job.loader_workers, prefetch_steps=job.prefetch_steps)) as data:
+        for step in range(start_step + 1, total + 1):
+            t_wait = time.time()
+            item = next(data)
+            wait_s += time.time() - t_wait
+            assert item.step == step, (item.step, step)
+            skips.update(item.skip_counts)
+            for rid, why in item.skipped_ids.items():
+                skipped_ids.setdefault(rid, why)
+            sums, grad_norm, lr = _train_step(model, optimizer, scheduler, item.batches, cfg, device, world, autocast)
+            window = [a + b for a, b in zip(window, sums)]
+            window_steps += 1
+            if step % cfg.log_every_steps == 0 or step == total:
+                skipped = sum(skips.values())
+                loss_sum, correct, entropy_sum, tokens, examples, new_skips = _all_sum(
+                    window + [skipped - skipped_logged], device)
+                n, window_s = max(tokens, 1.0), max(time.time() - t_window, 1e-9)
+                row = {"stage": job.stage, "loss": loss_sum / n, "mean_token_accuracy": correct / n,
+                       "entropy": entropy_sum / n, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+                       "examples": examples, "skipped": new_skips, "position": step * per_step,
+                       "steps_per_s": window_steps / window_s, "data_wait_share": min(1.0, wait_s / window_s),
+                       "total_steps": total}
+                if metrics:
+                    metrics.write(step, row)
+                window, window_steps, t_window, skipped_logged, wait_s = [0.0] * 5, 0, time.time(), skipped, 0.0
+            if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total:
+                _save_and_report(model, optimizer, scheduler, processor, job, step, step * per_step, total, rank)
+            if job.crash_at_step and step == job.crash_at_step and rank == 0:
+                raise RuntimeError(f"{job.stage}: injected crash after step {step}")
+    _write_skips(skips, skipped_ids, Path(job.stage_dir), rank, device)
     if metrics:
         metrics.close()
 
@@ -225,10 +235,11 @@ def _save_and_report(model, optimizer, scheduler, processor, job: StageJob, step
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_skips(collator: SFTCollator, stage_dir: Path, rank: int, device: torch.device) -> None:
-    counts = _all_sum([collator.skip_counts[r] for r in SKIP_REASONS], device)
-    if collator.skipped_ids:
-        (stage_dir / f"skipped_ids.rank{rank}.json").write_text(json.dumps(collator.skipped_ids, indent=1))
+def _write_skips(skips: Counter, skipped_ids: dict[str, str], stage_dir: Path, rank: int,
+                 device: torch.device) -> None:
+    counts = _all_sum([skips[r] for r in SKIP_REASONS], device)
+    if skipped_ids:
+        (stage_dir / f"skipped_ids.rank{rank}.json").write_text(json.dumps(skipped_ids, indent=1))
     if rank == 0:
         (stage_dir / "skipped.json").write_text(json.dumps(dict(zip(SKIP_REASONS, map(int, counts)))))
 

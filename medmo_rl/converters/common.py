@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from medmo_rl.arrow_store import features
 from medmo_rl.schema import Sample, SampleError, validate_sample, write_jsonl
 
 Box = tuple[float, float, float, float]
@@ -102,18 +103,6 @@ def grounding_answer(labels: Iterable[str], boxes: Iterable[Box], size: tuple[in
 
 # --- writing ---------------------------------------------------------------------------------
 
-def _features():
-    from datasets import Features, List, Value
-
-    return Features({
-        "id": Value("string"), "task": Value("string"), "prompt": Value("string"),
-        "answer": Value("string"), "images": List(Value("string")),
-        "boxes": List(List(Value("float64"))), "labels": List(Value("string")),
-        "choices": List(Value("string")), "image_size": List(Value("int64")),
-        "source": Value("string"),
-    })
-
-
 def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -138,10 +127,10 @@ def write_dataset(samples: Iterable[Sample], out_dir: str | os.PathLike) -> dict
     for stale in (hf, cache):  # an old cache would be reused by fingerprint: never keep one
         shutil.rmtree(stale, ignore_errors=True)
     if n:
-        ds = Dataset.from_generator(_jsonl_rows, features=_features(), cache_dir=str(cache),
+        ds = Dataset.from_generator(_jsonl_rows, features=features(), cache_dir=str(cache),
                                     gen_kwargs={"path": str(jsonl)})
     else:  # from_generator cannot build a table without rows
-        ds = Dataset.from_dict({k: [] for k in _features()}, features=_features())
+        ds = Dataset.from_dict({k: [] for k in features()}, features=features())
     ds.save_to_disk(str(hf), num_shards=1 if n == 0 else None)  # 0 shards would not load back
     del ds
     shutil.rmtree(cache, ignore_errors=True)

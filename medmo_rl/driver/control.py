@@ -17,15 +17,25 @@ from medmo_rl.driver.cluster import RAY_NAMESPACE
 CONTROL_ACTOR = "medmo-control-{name}"
 
 
-class Control:
-    """A named actor the operator talks to while a job runs (python -m medmo_rl.control)."""
+class ResizeRefused(ValueError):
+    """A resize the cluster cannot hold (or a size below 1): the pool keeps its size."""
 
-    def __init__(self, rollout_workers: int):
-        self.rollout_workers = rollout_workers
+
+class Control:
+    """A named actor the operator talks to while a job runs (python -m medmo_rl.control).
+
+    `max_workers` (driver/fit.py max_rollout_workers, None on an autoscaling cluster): a larger
+    size is refused with `why`, instead of a worker that would wait forever to be placed."""
+
+    def __init__(self, rollout_workers: int, max_workers: int | None = None, why: str = ""):
+        self.rollout_workers, self.max_workers, self.why = rollout_workers, max_workers, why
 
     def set_rollout_workers(self, n: int) -> int:
         if n < 1:
-            raise ValueError("rollout workers must be >= 1")
+            raise ResizeRefused("rollout workers must be >= 1")
+        if self.max_workers is not None and n > self.max_workers:
+            raise ResizeRefused(f"{n} rollout workers do not fit: {self.why}, so at most {self.max_workers} fit; "
+                                f"the pool stays at {self.rollout_workers}. Add nodes, or lower those keys.")
         self.rollout_workers = n
         return n
 
@@ -33,10 +43,11 @@ class Control:
         return self.rollout_workers
 
 
-def start_control(name: str, rollout_workers: int):
+def start_control(name: str, rollout_workers: int, max_workers: int | None = None, why: str = ""):
     """The job's Control actor (detached, so the CLI can find it by name)."""
     return ray.remote(num_cpus=0)(Control).options(
-        name=CONTROL_ACTOR.format(name=name), get_if_exists=True, lifetime="detached").remote(rollout_workers)
+        name=CONTROL_ACTOR.format(name=name), get_if_exists=True, lifetime="detached"
+    ).remote(rollout_workers, max_workers, why)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no running RL stage named {args.name!r} on this cluster", file=sys.stderr)
         return 1
     if args.rollout_workers is not None:
-        ray.get(actor.set_rollout_workers.remote(args.rollout_workers))
+        try:
+            ray.get(actor.set_rollout_workers.remote(args.rollout_workers))
+        except ray.exceptions.RayTaskError as exc:
+            if not isinstance(exc.cause, ResizeRefused):
+                raise
+            print(f"refused: {exc.cause}", file=sys.stderr)
+            return 2
     print(f"rollout workers: {ray.get(actor.get_rollout_workers.remote())}")
     return 0

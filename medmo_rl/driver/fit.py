@@ -144,3 +144,25 @@ def scale_rl(cfg: RunConfig, factor: float) -> RunConfig:
         rl=dataclasses.replace(cfg.rl, cpus_per_learner=scaled_cpus(cfg.rl.cpus_per_learner, factor)),
         rollout=dataclasses.replace(cfg.rollout, cpus_per_worker=scaled_cpus(cfg.rollout.cpus_per_worker, factor)),
         reward=dataclasses.replace(cfg.reward, cpus_per_replica=scaled_cpus(cfg.reward.cpus_per_replica, factor)))
+
+
+def max_rollout_workers(cfg: RunConfig, supply: Supply) -> tuple[int, str]:
+    """→ (the most rollout workers the RL stage of `cfg` (already scaled) can hold on `supply`, why).
+
+    n_max = ⌊(C_s − C_other) / c_w⌋, and ⌊(G_s − G_other) / g_w⌋ too where workers take GPUs, with
+    C_other, G_other what the stage reserves besides rollout workers and c_w, g_w one worker's share.
+    A resize beyond it would wait forever for a worker Ray cannot place (python -m medmo_rl.control
+    refuses it instead)."""
+    ro = cfg.rollout
+    other = [r for r in rl_demand(cfg) if r.what not in ("rollout worker", "spare rollout worker")]
+    c_other, g_other = sum(r.count * r.cpus for r in other), sum(r.count * r.gpus for r in other)
+    limits = []
+    if ro.cpus_per_worker > 0:
+        limits.append(math.floor((supply.cpus - c_other) / ro.cpus_per_worker + 1e-9))
+    if ro.gpus_per_worker > 0:
+        limits.append(math.floor((supply.gpus - g_other) / ro.gpus_per_worker + 1e-9))
+    n = max(0, min(limits)) if limits else 2**31 - 1
+    why = (f"the cluster has {supply.cpus:g} CPUs and {supply.gpus:g} GPUs, the rest of the RL stage reserves "
+           f"{c_other:g} CPUs and {g_other:g} GPUs, and each rollout worker {ro.cpus_per_worker:g} CPU + "
+           f"{ro.gpus_per_worker:g} GPU (rollout.cpus_per_worker, rollout.gpus_per_worker)")
+    return n, why

@@ -6,11 +6,17 @@ the same number of micro-batches (masked copies: they add no gradient), and pass
 GLOBAL token count per mini-batch so the token-level loss is normalised over the whole batch. The
 ranks reduce their statistics among themselves (one all-gather), so every rank returns the same
 `LearnStats` and the group hands rank 0's on.
+
+A rank that dies (kill -9, OOM, a lost node) raises `LearnerLost` from whichever call was waiting
+on it — at once, not when the surviving ranks' collective times out (under DDP they would wait in
+the all-reduce forever). So does a call that outlasts `rl.learner_timeout_s`. The driver then
+shuts the group down and builds a new one from the last RL checkpoint (driver/pipeline.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Sequence
 
 import ray
@@ -38,6 +44,53 @@ def shard_batch(items: Sequence[TrainItem], *, mini_batches: int, world_size: in
                 piece.append(filler)
             shards[rank].append(piece)
     return shards, tokens
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died or hung; the group is unusable (its ranks share one process group)."""
+
+
+def wait_all(refs: list, *, names: list[str], what: str, timeout_s: float, grace_s: float = 30.0) -> list:
+    """`ray.get(refs)` that fails as soon as ANY of them fails: a dead actor's ref raises at once
+    even while the others still wait on it (in a collective), and the whole wait is bounded.
+
+    A rank whose collective broke because a peer died (gloo: "Connection reset by peer") often
+    answers before Ray has marked the peer dead; its error waits up to `grace_s` for the others,
+    and becomes LearnerLost naming the dead peer if there is one (else it is raised as it is)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            late = [names[refs.index(r)] for r in pending]
+            raise LearnerLost(f"{what}: {', '.join(late)} did not answer within rl.learner_timeout_s={timeout_s:g}")
+        done, pending = ray.wait(pending, num_returns=1, timeout=min(left, 5.0))
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise LearnerLost(f"{what}: {names[refs.index(ref)]} died ({type(exc).__name__})") from exc
+            except ray.exceptions.RayTaskError as exc:
+                dead = _dead_peer([r for r in done if r is not ref] + list(pending), refs, names, grace_s)
+                if dead is None:
+                    raise
+                raise LearnerLost(f"{what}: {dead[0]} died ({type(dead[1]).__name__})") from exc
+    return ray.get(refs)
+
+
+def _dead_peer(pending: list, refs: list, names: list[str], grace_s: float):
+    """(name, error) of the first ref among `pending` that resolves to a dead actor within grace_s."""
+    deadline = time.monotonic() + grace_s
+    while pending and time.monotonic() < deadline:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                return names[refs.index(ref)], exc
+            except ray.exceptions.RayTaskError:
+                continue
+    return None
 
 
 class _LearnerActor(Learner):
@@ -74,13 +127,18 @@ class LearnerGroup:
         threads = max(1, int(rl.cpus_per_learner))
         self.actors = [actor.remote(model_dir, rl, total_steps=total_steps, max_pixels=max_pixels, rank=r,
                                     world_size=n, seed=seed, num_threads=threads, dtype=dtype) for r in range(n)]
-        addr, port = ray.get(self.actors[0].free_address.remote())
-        ray.get([a.init_distributed.remote(addr, port) for a in self.actors])
+        addr, port = self._get([self.actors[0].free_address.remote()], "starting the learners")[0]
+        self._get([a.init_distributed.remote(addr, port) for a in self.actors], "joining the learners' process group")
+
+    def _get(self, refs: list, what: str, ranks: list | None = None) -> list:
+        ranks = self.actors if ranks is None else ranks
+        return wait_all(refs, names=[f"learner rank {self.actors.index(a)}" for a in ranks], what=what,
+                        timeout_s=self.rl.learner_timeout_s)
 
     def train_step(self, items: Sequence[TrainItem]) -> LearnStats:
         shards, tokens = shard_batch(items, mini_batches=self.rl.mini_batches, world_size=len(self.actors),
                                      micro_batch=self.rl.batch_size)
-        return ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])[0]
+        return self._get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)], "a learner step")[0]
 
     def _ranks_for_state(self) -> list:
         """Who must take part in weights / probe / save / load: all ranks under FSDP2 (each holds a
@@ -89,13 +147,15 @@ class LearnerGroup:
 
     def export_weights(self, probe: Any, bucket_bytes: int = 256 * 2**20) -> tuple[list[Any], list[float]]:
         """Rank 0's policy as object-store buckets + its probe log-probs."""
-        return ray.get([a.export_weights.remote(probe, bucket_bytes) for a in self._ranks_for_state()])[0]
+        ranks = self._ranks_for_state()
+        return self._get([a.export_weights.remote(probe, bucket_bytes) for a in ranks], "exporting weights", ranks)[0]
 
     def save(self, path: str) -> None:
-        ray.get([a.save.remote(path) for a in self._ranks_for_state()])
+        ranks = self._ranks_for_state()
+        self._get([a.save.remote(path) for a in ranks], f"saving {path}", ranks)
 
     def load(self, path: str) -> None:
-        ray.get([a.load.remote(path) for a in self.actors])
+        self._get([a.load.remote(path) for a in self.actors], f"loading {path}")
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -5,18 +5,22 @@
       base/                  the base model (the tiny one is built here)
       data/                  generated synthetic data
       sft/stage{1,2,3}/      Ray Train checkpoints, metrics.jsonl, tensorboard/, final/ (HF format)
-      rl/                    metrics.jsonl, tensorboard/, checkpoints/, final/ (HF), reward_curve.png
+      rl/                    metrics.jsonl, tensorboard/, checkpoints/, final/ (HF), reward_curve.png,
+                             faults.jsonl (what died, what was done), resources.jsonl/.png (driver/monitor.py)
       eval/                  results.md / .json per model, overlays/
       summary.md             stage times, final metrics, where things are
 
 Every stage skips itself when its `final/DONE` exists, and RL resumes from its last checkpoint,
-so rerunning the same command after a crash or a kill continues where the run stopped.
+so rerunning the same command after a crash or a kill continues where the run stopped. Inside
+one job, a learner rank that dies makes the RL stage rebuild its learner group and replay from
+the last RL checkpoint (`rebuild_learners`); dead rollout actors and reward services are replaced
+by the pool and driver/reward_service.py.
 
 Before anything trains, every stage to run is checked against the cluster's resources (a config
 that cannot fit stops here, naming demand, supply and keys); right before each stage the check
 runs again and the stage gets its config with CPU reservations scaled to fit (driver/fit.py).
 Under `ray job submit --working-dir` a relative output_dir resolves outside Ray's temporary copy
-(driver/run_dir.py resolve_output_dir); the absolute run directory is printed first.
+(driver/run_dir.py run_dir_for); the absolute run directory is printed first.
 """
 from __future__ import annotations
 
@@ -32,19 +36,21 @@ from transformers import AutoProcessor
 
 from medmo_rl.checkpoint import TRAIN_STATE
 from medmo_rl.config import RunConfig, dump_yaml
-from medmo_rl.datasets import resolve
-from medmo_rl.driver.cluster import EXIT_PREEMPTED, ClusterTooSmall, check_fit, init_ray, log_scaling, start_gcs_watchdog
-from medmo_rl.driver.run_dir import BadRunDir, check_run_dir, resolve_output_dir
+from medmo_rl.datasets import open_dataset
+from medmo_rl.driver.cluster import (EXIT_PREEMPTED, ClusterTooSmall, check_fit, cluster_supply, init_ray, log_scaling,
+                                     start_gcs_watchdog)
+from medmo_rl.driver.run_dir import BadRunDir, check_run_dir, run_dir_for
 from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
-from medmo_rl.driver.fit import Fit, Reservation, rl_demand, scale_rl, scale_sft, sft_demand
-from medmo_rl.driver.learner_group import LearnerGroup
+from medmo_rl.driver.fit import Fit, Reservation, max_rollout_workers, rl_demand, scale_rl, scale_sft, sft_demand
+from medmo_rl.driver.learner_group import LearnerGroup, LearnerLost
+from medmo_rl.driver.monitor import ResourceMonitor
 from medmo_rl.driver.reward_service import RewardService
 from medmo_rl.driver.rl_loop import Preempted, total_steps, train_rl
+from medmo_rl.faults import FaultLog
 from medmo_rl.metrics_log import MetricsWriter, read_metrics, strict_json
 from medmo_rl.plots import reward_curve
 from medmo_rl.probe import make_probe
-from medmo_rl.schema import load_samples
 from medmo_rl.tiny_model import resolve_model
 from rewards.client import RewardClient
 from rollout.pool import RolloutPool
@@ -84,26 +90,39 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
         log.info("stage4: %s exists, skipping", final / "DONE")
         return final
     rl_dir.mkdir(parents=True, exist_ok=True)
-    rep = load_samples(resolve(cfg.rl.train_set, cfg.data, data_cache))
+    rep = open_dataset(cfg.rl.train_set, cfg.data, data_cache)  # memory-mapped Arrow, read by index
     if rep.rejected:
         summary.notes.append(f"RL train set: {rep.summary()}")
         log.warning("RL train set: %s", rep.summary())
     n_steps = total_steps(cfg, len(rep.samples))
     probe = make_probe(AutoProcessor.from_pretrained(policy_dir))
     metrics = MetricsWriter(rl_dir / "metrics.jsonl", rl_dir / "tensorboard")
-    control = start_control(cfg.name, cfg.rollout.num_workers)
+    faults = FaultLog(rl_dir / "faults.jsonl")
+    monitor = ResourceMonitor(rl_dir / "resources.jsonl", cfg.rl.monitor_every)
+    # an autoscaling cluster may grow for a resize; a fixed one refuses sizes it cannot place
+    max_workers, why = (None, "") if cfg.cluster.autoscaler_wait_s > 0 else max_rollout_workers(cfg, cluster_supply())
+    control = start_control(cfg.name, cfg.rollout.num_workers, max_workers, why)
+    new_learners = lambda: LearnerGroup(str(policy_dir), cfg.rl, total_steps=n_steps,
+                                        max_pixels=cfg.rollout.max_pixels, seed=cfg.seed, dtype=cfg.model.dtype)
     pool = learners = None
     try:
-        with RewardService(cfg, rl_dir) as svc, RewardClient(
+        with RewardService(cfg, rl_dir, faults=faults) as svc, RewardClient(
                 svc.url, read_timeout_s=cfg.reward.timeout_s, retries=cfg.reward.retries,
                 max_concurrency=cfg.reward.max_concurrency) as client:
-            learners = LearnerGroup(str(policy_dir), cfg.rl, total_steps=n_steps, max_pixels=cfg.rollout.max_pixels,
-                                    seed=cfg.seed, dtype=cfg.model.dtype)
-            pool = RolloutPool(str(policy_dir), cfg.rollout, seed=cfg.seed)
-            train_rl(cfg, policy_dir, rl_dir, rep.samples, pool=pool, learners=learners, client=client,
-                     probe=probe, metrics=metrics,
-                     desired_rollout_workers=lambda: ray.get(control.get_rollout_workers.remote()))
-            summary.notes += svc.events  # the reward service's deaths and restarts, if any
+            learners = new_learners()
+            pool = RolloutPool(str(policy_dir), cfg.rollout, seed=cfg.seed, faults=faults)
+            for restarts in range(cfg.rl.max_learner_restarts + 1):
+                try:
+                    train_rl(cfg, policy_dir, rl_dir, rep.samples, pool=pool, learners=learners, client=client,
+                             probe=probe, metrics=metrics, learner_restarts=restarts, monitor=monitor,
+                             desired_rollout_workers=lambda: ray.get(control.get_rollout_workers.remote()))
+                    break
+                except LearnerLost as exc:
+                    if restarts == cfg.rl.max_learner_restarts:
+                        raise RuntimeError(f"{exc}; the learner group was rebuilt {restarts} times already "
+                                           f"(rl.max_learner_restarts)") from exc
+                    learners = rebuild_learners(learners, new_learners, rl_dir, exc, faults)
+            summary.notes += faults.lines()  # what died during RL and what was done about it
             tmp = rl_dir / ".final_tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             learners.save(str(tmp))
@@ -118,6 +137,11 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
         if learners is not None:
             learners.shutdown()
         ray.kill(control)
+    growth = monitor.finish()
+    if growth:
+        summary.notes.append("RL resources, growth per 100 steps (rl/resources.png): " + ", ".join(
+            f"{k} {v / 2**20:+.1f} MiB" if k.startswith("rss") or k == "object_store_bytes" else f"{k} {v:+.1f}"
+            for k, v in growth.items()))
     rows = read_metrics(rl_dir / "metrics.jsonl")
     if rows:
         steps = [r["step"] for r in rows]
@@ -132,6 +156,20 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
                       "bbox_reward_last_quarter": sum(last) / max(1, len(last)),
                       "sync_share_mean": sum(r["time/sync_share"] for r in rows) / len(rows)}
     return final
+
+
+def rebuild_learners(dead: LearnerGroup, new_learners, rl_dir: Path, exc: LearnerLost, faults: FaultLog) -> LearnerGroup:
+    """A learner rank died or hung: stop the whole group (its ranks share one process group) and
+    start a new one; train_rl then loads the last RL checkpoint into it and replays from there."""
+    t0 = time.monotonic()
+    log.error("stage4: %s; rebuilding the learner group", exc)
+    dead.shutdown()
+    learners = new_learners()
+    latest = rl_dir / "checkpoints" / "latest"
+    start = latest.read_text().strip() if latest.exists() else "the SFT policy (no RL checkpoint yet)"
+    faults.record("learner", what=str(exc), recovery_s=time.monotonic() - t0,
+                  action=f"rebuilt the learner group; replaying from {start}")
+    return learners
 
 
 def run_eval(cfg: RunConfig, models: dict[str, Path], eval_dir: Path, data_cache: Path, summary: RunSummary) -> None:
@@ -168,8 +206,7 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = ("stage1", "stage2", 
     unknown = set(stages) - {*SFT_STAGES, "stage4", "eval"}
     if unknown:
         raise SystemExit(f"--stages: unknown {sorted(unknown)}; allowed: stage1, stage2, stage3, stage4, eval")
-    output_dir, moved = resolve_output_dir(cfg.output_dir, Path.cwd(), os.environ)
-    run_dir = output_dir / cfg.name
+    run_dir, moved = run_dir_for(cfg)
     print(f"run directory: {run_dir}", flush=True)  # first, so a user of `ray job submit` knows where to look
     if moved:
         log.warning("%s", moved)

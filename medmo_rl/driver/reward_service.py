@@ -9,7 +9,7 @@ Either way the learner side talks plain HTTP through `rewards.client.RewardClien
 A uvicorn child that dies (kill -9, OOM) is restarted on the same port by a watcher thread within
 about a second plus its start-up; the client's retries (reward.retries, exponential backoff) cover
 the gap, and what they cannot cover is scored NaN (zero advantage, counted). Each death and
-restart is logged with its time and kept in `events` for the run's summary. (Ray Serve replaces
+restart is recorded in the run's fault log (medmo_rl/faults.py) with its time and recovery time. (Ray Serve replaces
 its own replicas.)
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from medmo_rl.config import RunConfig, dump_yaml
+from medmo_rl.faults import FaultLog
 from rewards.serve import deploy_serve
 
 log = logging.getLogger("medmo_rl")
@@ -66,10 +67,11 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
 class RewardService:
     """Context manager: start (or attach to) the reward service, yield its URL, stop what it started."""
 
-    def __init__(self, cfg: RunConfig, work_dir: Path, *, watch_interval_s: float = 0.5):
+    def __init__(self, cfg: RunConfig, work_dir: Path, *, watch_interval_s: float = 0.5,
+                 faults: FaultLog | None = None):
         self.cfg, self.work_dir = cfg, Path(work_dir)
         self.url = ""
-        self.events: list[str] = []  # "HH:MM:SS what died → what was done", for summary.md
+        self.faults = faults if faults is not None else FaultLog()  # deaths and restarts, for summary.md
         self._proc: subprocess.Popen | None = None
         self._cmd: list[str] = []
         self._stop = threading.Event()
@@ -89,17 +91,16 @@ class RewardService:
             if code is None:
                 continue
             t0, pid = time.monotonic(), self._proc.pid
+            what = f"reward service (pid {pid}) died (exit code {code})"
             try:
                 self._start_child()
             except (RuntimeError, TimeoutError) as exc:
-                event = f"{time.strftime('%H:%M:%S')} reward service (pid {pid}) died (exit code {code}); restart failed: {exc}"
-                log.error("%s", event)
-                self.events.append(event)
+                log.error("%s", self.faults.record("reward_service", what=what, action=f"restart failed: {exc}").line())
                 return  # the client's failures now count towards reward.max_failed_fraction and stop the run
-            event = (f"{time.strftime('%H:%M:%S')} reward service (pid {pid}) died (exit code {code}); restarted at "
-                     f"{self.url} (pid {self._proc.pid}) in {time.monotonic() - t0:.1f} s")
-            log.warning("%s", event)
-            self.events.append(event)
+            fault = self.faults.record("reward_service", what=what,
+                                       action=f"restarted at {self.url} (pid {self._proc.pid})",
+                                       recovery_s=time.monotonic() - t0)
+            log.warning("%s", fault.line())
 
     def __enter__(self) -> "RewardService":
         rc = self.cfg.reward

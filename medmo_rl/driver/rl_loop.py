@@ -230,12 +230,13 @@ class SyncTiming:
     probe_s: float = 0.0  # slowest rollout actor: the verifying probe
 
 
-def sync_phase(learners, pool, probe, version: int) -> SyncTiming:
-    """Push the learners' weights to every rollout actor as `version`; the probe verifies them."""
+def sync_phase(learners, pool, probe, version: int, *, rewind: bool = False) -> SyncTiming:
+    """Push the learners' weights to every rollout actor as `version`; the probe verifies them.
+    `rewind`: the run went back to a checkpoint, so `version` may be older than the actors'."""
     t0 = time.perf_counter()
     bucket_refs, expected = learners.export_weights(probe)
     t1 = time.perf_counter()
-    updates = pool.push_weight_refs(version, bucket_refs, expected_probe=expected)
+    updates = pool.push_weight_refs(version, bucket_refs, expected_probe=expected, rewind=rewind)
     return SyncTiming(total_s=time.perf_counter() - t0, export_s=t1 - t0,
                       load_s=max((u.load_s for u in updates), default=0.0),
                       probe_s=max((u.probe_s for u in updates), default=0.0))
@@ -261,7 +262,7 @@ def part_mean(batch: StepBatch, part: str) -> float:
 
 
 def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainItem], timing: LoopTiming,
-                 sync: SyncTiming, version: int, pool) -> dict:
+                 sync: SyncTiming, version: int, pool, learner_restarts: int = 0) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     stale = [it.staleness for it in items if it.loss_mask]
     m = {
@@ -296,6 +297,7 @@ def step_metrics(batch: StepBatch, learn: LearnStats | None, items: list[TrainIt
         "weight_version": version,
         "rollout/num_workers": pool.num_workers,
         "rollout/restarts": pool.restarts,  # actors replaced after dying, since the stage started
+        "faults/learner_restarts": learner_restarts,  # learner groups rebuilt from a checkpoint, since the stage started
         "epoch": batch.epoch,
         "sample_ids": batch.drawn_ids,
     }
@@ -438,8 +440,12 @@ class Rollouts:
 
 
 def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list[Sample], *, pool, learners,
-             client, probe, metrics, progress: bool = True, desired_rollout_workers=None) -> RLState:
-    """The loop. `pool`, `learners`, `client` are live (see medmo_rl/driver/pipeline.py for the wiring)."""
+             client, probe, metrics, progress: bool = True, desired_rollout_workers=None,
+             learner_restarts: int = 0, monitor=None) -> RLState:
+    """The loop, from the last checkpoint if there is one. `pool`, `learners`, `client` are live (see
+    medmo_rl/driver/pipeline.py for the wiring; after a learner died it calls this again with new
+    learners and the same pool: `learner_restarts` counts those calls). `monitor`
+    (driver/monitor.py) samples the node's resources after the steps it is due."""
     ckpt_root = rl_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     state = RLState()
@@ -447,8 +453,10 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
     if resumed is not None:
         state, path = resumed
         learners.load(str(path / "learner"))
-        sync_phase(learners, pool, probe, state.version)  # actors start from policy_dir: bring them up to date
-        metrics.truncate_after(state.step)
+    if resumed is not None or pool.weight_version != state.version:
+        # the actors serve policy_dir (a new run) or a dead learner group's newer weights (a rewound one)
+        sync_phase(learners, pool, probe, state.version, rewind=True)
+    metrics.truncate_after(state.step)  # the steps after the checkpoint run again
     sampler = PromptSampler(train_samples, cfg.seed, state.sampler)
     n_steps = total_steps(cfg, len(train_samples))
 
@@ -481,8 +489,10 @@ def train_rl(cfg: RunConfig, policy_dir: Path, rl_dir: Path, train_samples: list
                 timing = LoopTiming(step_s=time.perf_counter() - t_step, learn_s=t_learned - t_learn,
                                     rollout_wait_s=t_learn - t_step, pool_wait_s=t_sync - t_learned,
                                     overlap_s=overlap_s((t_learn, t_learned), rollouts.recent_intervals()))
-                m = step_metrics(batch, learn, items, timing, sync, state.version, pool)
+                m = step_metrics(batch, learn, items, timing, sync, state.version, pool, learner_restarts)
                 metrics.write(state.step, m)
+                if monitor is not None:
+                    monitor.sample(state.step)
                 if state.step % cfg.rl.checkpoint_every == 0 or state.step == n_steps or stop.requested:
                     path = checkpoint_phase(ckpt_root, state, learners)
                     if stop.requested and state.step < n_steps:

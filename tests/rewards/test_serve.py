@@ -68,8 +68,42 @@ def test_ray_serve_two_replicas(ray_local):
                 assert [r["total"] for r in resp.json()["results"]] == [2.0, 1.5]
             assert client.post("/v1/score", json={"items": [{"completion": 1}]}).status_code == 422
         assert httpx.post(f"{url}/v1/score", json=BODY).status_code == 401
+        _kill_a_replica_and_keep_scoring(ray_local, url)
     finally:
         serve.shutdown()
+
+
+def _kill_a_replica_and_keep_scoring(ray, url: str) -> None:
+    """kill -9 one replica: the client's retries cover the gap, no item is lost, and Serve brings
+    the deployment back to 2 running replicas (issue 16)."""
+    from ray import serve
+
+    from medmo_rl.driver.monitor import local_raylet_pid
+    from medmo_rl.resources import node_snapshot
+    from medmo_rl.schema import validate_sample
+    from rewards.client import RewardClient
+    from rewards.composite import ScoreItem
+    from rewards.serve import SERVE_APP_NAME
+
+    raylet = local_raylet_pid()
+    replica_pids = lambda: sorted(p for role, ps in node_snapshot(raylet_pid=raylet).pids_by_role.items()
+                                  if role.startswith("ServeReplica") for p in ps)
+    before = replica_pids()
+    assert len(before) == 2, node_snapshot(raylet_pid=raylet).pids_by_role
+    items = [ScoreItem(it["completion"], it["num_tokens"], validate_sample(it["reference"], check_files=False))
+             for it in BODY["items"]] * 8
+    os.kill(before[0], 9)
+    t0 = time.monotonic()
+    with RewardClient(url, retries=6, token="tok") as client:
+        for _ in range(5):
+            results = client.score(items)
+            assert all(r.error is None for r in results), [r.error for r in results if r.error]
+            assert [r.total for r in results] == [2.0, 1.5] * 8
+    state = lambda: serve.status().applications[SERVE_APP_NAME].deployments["RewardService"].replica_states
+    while not (state().get("RUNNING") == 2 and before[0] not in replica_pids() and len(replica_pids()) == 2):
+        assert time.monotonic() - t0 < 120, (state(), replica_pids())
+        time.sleep(0.5)
+    print(f"serve replica kill -9: back to 2 running replicas in {time.monotonic() - t0:.1f} s")
 
 
 def test_cli_two_workers_share_the_port_and_metrics(tmp_path, tiny_model_dir):

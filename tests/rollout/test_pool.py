@@ -159,7 +159,8 @@ def test_grow_1_to_2_while_generating(pool, image_samples):
 
 def test_kill_9_mid_batch_loses_nothing(pool, image_samples):
     assert pool.num_workers == 2
-    victim = _watch(pool)[max(_watch(pool))]
+    before = _watch(pool)
+    victim = before[max(before)]
     restarts = pool.restarts
     spec, batch = SamplingSpec(n=8, max_tokens=48, seed=2), image_samples[:24]  # ~9k tokens: seconds of work
     gen = _InThread(pool.generate, batch, spec, "plain")
@@ -171,6 +172,10 @@ def test_kill_9_mid_batch_loses_nothing(pool, image_samples):
     assert len(report) == 2 and victim.pid not in {h.pid for h in report.values()}
     assert all(h.weight_version == 3 and h.engine_ok and h.sync_error is None for h in report.values())
     assert pid_gone(victim.pid)
+    fault = pool.faults.faults[-1]  # recorded once the replacement served: what died, what was done, how long
+    assert fault.kind == "rollout" and f"(pid {victim.pid}) died (" in fault.what, fault
+    new_pid = ({h.pid for h in report.values()} - {h.pid for h in before.values()}).pop()
+    assert f"replaced by pid {new_pid} serving weights v3" in fault.action and 0 < fault.recovery_s < 600
 
 
 def test_shrink_2_to_1_while_generating(pool, image_samples):

@@ -58,9 +58,13 @@ def trained(ray_local, tiny_model_dir, synthetic_dir, test_root):
     return final, stage_dir, killed_rows, kwargs
 
 
-def test_stage_learns_and_leaves_an_hf_checkpoint(trained, tiny_model_dir):
+def test_stage_learns_and_leaves_an_hf_checkpoint(trained, tiny_model_dir, synthetic_dir, test_root):
     final, stage_dir, _, _ = trained
     rows = _metrics(stage_dir)
+    (data,) = json.loads((stage_dir / "data_report.json").read_text()).values()  # read from Arrow, converted once
+    assert Path(data["path"]).parent == (test_root / "data" / "arrow").resolve()
+    assert (data["records"], data["rejected"]) == (len(load_samples(synthetic_dir["grounding"]).samples), 0)
+    assert all(0.0 <= r["data_wait_share"] <= 1.0 for r in rows)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.5  # ~6.5 (uniform over 768 tokens) → well below 5
     assert rows[-1]["mean_token_accuracy"] > rows[0]["mean_token_accuracy"] + 0.2

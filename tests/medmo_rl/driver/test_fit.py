@@ -8,8 +8,8 @@ import pytest
 
 from medmo_rl.config import load_config
 from medmo_rl.driver.run_dir import resolve_output_dir
-from medmo_rl.driver.fit import (Reservation, Supply, cpu_scale, fit, rl_demand, scale_rl, scale_sft, scaled_cpus,
-                                 sft_demand)
+from medmo_rl.driver.fit import (Reservation, Supply, cpu_scale, fit, max_rollout_workers, rl_demand, scale_rl,
+                                 scale_sft, scaled_cpus, sft_demand)
 
 
 def test_tiny_default_demand_and_scaling_on_a_two_cpu_head():
@@ -29,6 +29,21 @@ def test_tiny_default_demand_and_scaling_on_a_two_cpu_head():
     sf = fit("stage2", sft_demand(cfg.sft), Supply(cpus=2, gpus=0), fractional=True)
     assert (sf.demand_cpus, sf.factor) == (2.0, 1.0)
     assert scale_sft(cfg.sft, sf.factor) == cfg.sft
+
+
+def test_the_largest_rollout_pool_a_cluster_holds():
+    # the tiny default scaled onto a 2-CPU head: (2 − 2 learners × 0.5) / 0.5 = 2 workers
+    scaled = scale_rl(load_config(), 0.5)
+    n, why = max_rollout_workers(scaled, Supply(cpus=2, gpus=0))
+    assert n == 2 and "the rest of the RL stage reserves 1 CPUs" in why and "rollout.cpus_per_worker" in why
+    # unscaled on 8 CPUs: (8 − 2) / 1 = 6; Serve replicas count as the rest too: (8 − 2 − 2 × 0.5) / 1 = 5
+    assert max_rollout_workers(load_config(), Supply(cpus=8, gpus=0))[0] == 6
+    serve = load_config(None, ["reward.service=serve", "reward.replicas=2", "reward.cpus_per_replica=0.5"])
+    assert max_rollout_workers(serve, Supply(cpus=8, gpus=0))[0] == 5
+    # GPU workers: 4 GPUs, learners on 2 of them, 1 GPU per worker → 2, whatever the CPUs allow
+    gpu = load_config(None, ["rl.use_gpu=true", "rollout.gpus_per_worker=1"])
+    assert max_rollout_workers(gpu, Supply(cpus=64, gpus=4))[0] == 2
+    assert max_rollout_workers(scaled, Supply(cpus=0.5, gpus=0))[0] == 0  # never negative
 
 
 def test_fits_as_configured_on_a_big_cluster():

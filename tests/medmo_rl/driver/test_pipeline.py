@@ -3,7 +3,7 @@ plain `ray start --head` gives on this 2-core machine: the RL stage's CPU reserv
 to fit, issue 16) with Ray's working-dir copy and a RELATIVE output_dir (which must land outside
 that copy), its rollout pool grown by `python -m medmo_rl.control` while it runs; then kill -9
 mid-RL + resume; then asynchronous RL (rl.max_staleness=1) on the job's SFT checkpoint, with a
-rollout actor killed, the driver killed, and SIGTERM.
+rollout actor, the reward service and a learner rank killed, the driver killed, and SIGTERM.
 
 Real everything: a Ray head started with `ray start` (loopback, own temp dir, auth disabled), Ray
 Train SFT stages, vLLM rollout actors, the uvicorn reward service, DDP learners, eval with vLLM.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -123,6 +124,9 @@ def submitted_run(ray_head, test_root):
                                timeout=120)
             if r.returncode == 0:
                 control.append(r)
+                control.append(subprocess.run(  # one more would wait forever for a place: refused
+                    [sys.executable, "-m", "medmo_rl.control", "--address", ray_head.gcs, "--name", "jobtest",
+                     "--rollout-workers", "3"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120))
                 return
             time.sleep(2)
 
@@ -141,6 +145,10 @@ def submitted_run(ray_head, test_root):
     (test_root / "jobtest-output.txt").write_text(out)
     assert r.returncode == 0 and "succeeded" in out, out[-4000:]
     assert control and "rollout workers: 2" in control[0].stdout, "the control CLI never reached the RL stage"
+    refused = control[1]
+    assert refused.returncode == 2 and "refused: 3 rollout workers do not fit: the cluster has 2 CPUs" in refused.stderr, (
+        refused.stdout + refused.stderr)
+    assert "so at most 2 fit; the pool stays at 2" in refused.stderr
     return output_root / "runs" / "jobtest"
 
 
@@ -237,7 +245,7 @@ def _start_until_step_1(cmd: list[str], run: Path) -> tuple[subprocess.Popen, li
     return proc, out, reader
 
 
-ASYNC = ["rl.max_staleness=1", "rl.max_steps=6"]
+ASYNC = ["rl.max_staleness=1", "rl.max_steps=6", "rl.monitor_every=2"]
 
 
 def _gcs_address(driver_output: list[str]) -> str:
@@ -252,7 +260,7 @@ def _gcs_address(driver_output: list[str]) -> str:
 def async_run(submitted_run, test_root):
     """rl.max_staleness=1: once step 1 is logged (the rollout thread is then collecting ahead), kill -9
     the rollout actor, ask the running job for a second rollout worker (python -m medmo_rl.control),
-    and kill -9 the reward service."""
+    and kill -9 the reward service; once step 2 is checkpointed, kill -9 a learner rank."""
     import psutil
 
     cmd, run = _rl_only(submitted_run, test_root / "runs", "async", ASYNC)
@@ -268,12 +276,17 @@ def async_run(submitted_run, test_root):
     services = [p for p in driver.children() if any("rewards.serve" in part for part in p.cmdline())]
     assert len(services) == 1, [p.cmdline() for p in driver.children()]
     services[0].kill()  # the uvicorn reward service: the driver restarts it, the client's retries cover the gap
+    latest = run / "rl" / "checkpoints" / "latest"
+    _wait_for(lambda: latest.exists() and latest.read_text().strip() == "step_000002", proc, "step-2 checkpoint")
+    learners = [p for p in driver.children(recursive=True) if any("_LearnerActor" in part for part in p.cmdline())]
+    assert len(learners) == 2, [p.cmdline() for p in driver.children(recursive=True)]
+    learners[1].kill()  # one DDP rank: the driver rebuilds the group from step_000002 and replays from there
     assert proc.wait(timeout=900) == 0, "".join(out)[-4000:]
     reader.join(timeout=10)
     return run
 
 
-def test_async_rl_rides_through_a_killed_rollout_actor_and_reward_service(async_run, submitted_run):
+def test_async_rl_rides_through_a_killed_rollout_actor_reward_service_and_learner(async_run, submitted_run):
     rows, reference = _rows(async_run), _rows(submitted_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # every prompt of every step answered once: the pool retried the dead actor's calls on its replacement
@@ -293,6 +306,18 @@ def test_async_rl_rides_through_a_killed_rollout_actor_and_reward_service(async_
     assert (async_run / "rl" / "final" / "DONE").exists()
     summary = (async_run / "summary.md").read_text()
     assert "reward service (pid" in summary and "died (exit code -9); restarted at" in summary
+    # the learner rank killed after the step-2 checkpoint: steps 3… ran again on a rebuilt group
+    assert [r["faults/learner_restarts"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert re.search(r"learner rank \d died \(\w+\); rebuilt the learner group; replaying from step_000002", summary)
+    faults = [json.loads(x) for x in (async_run / "rl" / "faults.jsonl").read_text().splitlines()]
+    assert sorted(f["kind"] for f in faults) == ["learner", "reward_service", "rollout"], faults
+    assert all(0 < f["recovery_s"] < 300 for f in faults), faults
+    # the resource monitor sampled every 2 steps (the replayed ones included) and plotted
+    samples = [json.loads(x) for x in (async_run / "rl" / "resources.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in samples} == {2, 4, 6}
+    assert all(r["rss/driver"] > 0 and r["procs/RolloutActor"] >= 1 and r["rss/RolloutActor"] > 0 for r in samples)
+    assert (async_run / "rl" / "resources.png").stat().st_size > 10_000
+    assert "RL resources, growth per 100 steps (rl/resources.png): rss_per_proc/" in summary
 
 
 def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submitted_run, test_root):
