@@ -1,6 +1,7 @@
 """What a long run holds on this node, sampled, and how fast each quantity grows.
 
     snap = node_snapshot(raylet_pid=R) # driver + the Ray worker processes of raylet R (this node, this cluster)
+    snap.processes                    # {pid: Proc(role="RolloutActor", rss=bytes, fds=n, anon=bytes), ...}
     snap.rss_by_role                  # {"driver": bytes, "RolloutActor": bytes, "_LearnerActor": bytes, ...}
     growth_per_step(steps, values)    # least-squares slope: what a soak reports per resource
 
@@ -17,12 +18,39 @@ from typing import Sequence
 
 
 @dataclass(frozen=True)
+class Proc:
+    role: str  # "driver", an actor class ("RolloutActor"), "idle_worker"
+    rss: int  # bytes resident (VmRSS): private pages + mapped files + shared memory it touched
+    fds: int  # open file descriptors
+    anon: int = 0  # bytes resident that are the process's own (RssAnon): where a leak shows
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    rss_by_role: dict[str, int] = field(default_factory=dict)  # bytes, summed over the role's processes
-    procs_by_role: dict[str, int] = field(default_factory=dict)  # how many processes each role has
-    open_fds: int = 0  # driver + Ray workers
-    shm_entries: int = 0  # files in /dev/shm (vLLM, torch and Ray leave theirs there)
-    pids_by_role: dict[str, list[int]] = field(default_factory=dict)
+    processes: dict[int, Proc] = field(default_factory=dict)  # pid → what it is and holds
+    shm_entries: int = 0  # files in /dev/shm (vLLM, torch, Ray and the SFT loader put theirs there)
+
+    @property
+    def rss_by_role(self) -> dict[str, int]:  # bytes, summed over the role's processes
+        out: dict[str, int] = {}
+        for p in self.processes.values():
+            out[p.role] = out.get(p.role, 0) + p.rss
+        return out
+
+    @property
+    def pids_by_role(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for pid, p in sorted(self.processes.items()):
+            out.setdefault(p.role, []).append(pid)
+        return out
+
+    @property
+    def procs_by_role(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.pids_by_role.items()}
+
+    @property
+    def open_fds(self) -> int:  # driver + Ray workers
+        return sum(p.fds for p in self.processes.values())
 
 
 def _read(path: str) -> str:
@@ -30,11 +58,18 @@ def _read(path: str) -> str:
         return f.read().decode(errors="replace")
 
 
-def _rss_bytes(pid: int) -> int:
+def _status_bytes(pid: int, *keys: str) -> list[int]:
+    """Fields of /proc/PID/status in bytes (the kernel reports kB); 0 where missing (a zombie)."""
+    found = {}
     for line in _read(f"/proc/{pid}/status").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024  # the kernel reports kB
-    return 0  # a zombie has no VmRSS
+        key = line.split(":", 1)[0]
+        if key in keys:
+            found[key] = int(line.split()[1]) * 1024
+    return [found.get(k, 0) for k in keys]
+
+
+def _rss_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmRSS")[0]
 
 
 def role_of(cmdline: str) -> str | None:
@@ -58,9 +93,7 @@ def node_snapshot(driver_pid: int | None = None, raylet_pid: int | None = None) 
     raylet_pid: count only that raylet's workers (None: every Ray worker of this user)."""
     driver_pid = os.getpid() if driver_pid is None else driver_pid
     uid = os.getuid()
-    rss: dict[str, int] = {}
-    pids: dict[str, list[int]] = {}
-    fds = 0
+    processes: dict[int, Proc] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -71,17 +104,15 @@ def node_snapshot(driver_pid: int | None = None, raylet_pid: int | None = None) 
             role = "driver" if pid == driver_pid else role_of(_read(f"/proc/{pid}/cmdline").replace("\0", " "))
             if role is None or (role != "driver" and raylet_pid is not None and _raylet_pid_of(pid) != raylet_pid):
                 continue
-            r, n_fds = _rss_bytes(pid), len(os.listdir(f"/proc/{pid}/fd"))
+            rss, anon = _status_bytes(pid, "VmRSS", "RssAnon")
+            processes[pid] = Proc(role, rss, len(os.listdir(f"/proc/{pid}/fd")), anon)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        rss[role] = rss.get(role, 0) + r
-        pids.setdefault(role, []).append(pid)
-        fds += n_fds
     try:
         shm = len(os.listdir("/dev/shm"))
     except FileNotFoundError:
         shm = 0
-    return Snapshot(rss, {k: len(v) for k, v in pids.items()}, fds, shm, pids)
+    return Snapshot(processes, shm)
 
 
 def growth_per_step(steps: Sequence[float], values: Sequence[float]) -> float:

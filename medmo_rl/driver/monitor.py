@@ -2,8 +2,9 @@
 
 A row: the step, the driver's and each Ray actor class's RSS on this node (medmo_rl/resources.py)
 and process count, their open file descriptors, /dev/shm entries and the object store's bytes in use (cluster-wide,
-from the raylet). At the end of the stage `finish()` plots rl/resources.png and returns each
-series' growth per 100 steps (least squares) — the figures a soak run reports.
+from the raylet). At the end of the stage `finish()` plots rl/resources.png and returns the
+growth per 100 steps (least squares) of each role's fastest-growing process, /dev/shm and the
+object store — the figures a soak run reports.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class ResourceMonitor:
         snap = node_snapshot(raylet_pid=self._raylet_pid)
         row = {"step": step, "time": time.time(), **{f"rss/{k}": v for k, v in sorted(snap.rss_by_role.items())},
                **{f"procs/{k}": v for k, v in sorted(snap.procs_by_role.items())},
-               "open_fds": snap.open_fds, "shm_entries": snap.shm_entries, "object_store_bytes": object_store_bytes()}
+               "open_fds": snap.open_fds, "shm_entries": snap.shm_entries, "object_store_bytes": object_store_bytes(),
+               "processes": {str(pid): [p.role, p.rss, p.fds, p.anon] for pid, p in sorted(snap.processes.items())}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}) + "\n")
         return row
@@ -73,29 +75,53 @@ class ResourceMonitor:
             return []
         return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
 
-    def series(self) -> dict[str, list[tuple[int, float]]]:
-        """(step, value) per quantity; an actor class's RSS per process (`rss_per_proc/<role>`), since
-        the pool's size, and so the class's summed RSS, changes with every resize."""
-        rows = self.rows()
-        roles = sorted({k.removeprefix("rss/") for r in rows for k in r if k.startswith("rss/")})
-        out = {f"rss_per_proc/{role}": [(r["step"], r[f"rss/{role}"] / r[f"procs/{role}"]) for r in rows
-                                        if r.get(f"rss/{role}") is not None and r.get(f"procs/{role}")]
-               for role in roles}
-        for k in ("open_fds", "shm_entries", "object_store_bytes"):
-            out[k] = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+    def per_process(self) -> dict[str, list[tuple[int, float]]]:
+        """(step, value) per process and quantity: `rss/<role>/<pid>`, `anon/<role>/<pid>` (its own
+        pages: RSS also counts the object store's shared pages it touched, which grow up to the
+        store's size without leaking), `fds/<role>/<pid>` — a pool resize starts and stops
+        processes, so only a process's own series shows whether it grows."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for r in self.rows():
+            for pid, (role, rss, fds, anon) in r.get("processes", {}).items():
+                out.setdefault(f"rss/{role}/{pid}", []).append((r["step"], rss))
+                out.setdefault(f"anon/{role}/{pid}", []).append((r["step"], anon))
+                out.setdefault(f"fds/{role}/{pid}", []).append((r["step"], fds))
         return out
 
+    def growth(self, min_samples: int = 3) -> dict[str, float]:
+        """Growth per 100 steps (least squares): per role, its fastest-growing process (RSS and
+        private bytes, open fds) among those sampled ≥ min_samples times; and the node-wide
+        /dev/shm entries and object-store bytes."""
+        out: dict[str, float] = {}
+        for key, pts in self.per_process().items():
+            if len(pts) < min_samples:
+                continue
+            kind, role, _ = key.split("/")
+            slope = 100 * growth_per_step([s for s, _ in pts], [v for _, v in pts])
+            name = f"{kind}_per_proc/{role}"
+            out[name] = max(out.get(name, -math.inf), slope)
+        rows = self.rows()
+        for k in ("shm_entries", "object_store_bytes"):
+            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+            if len(pts) >= min_samples:
+                out[k] = 100 * growth_per_step([s for s, _ in pts], [v for _, v in pts])
+        return dict(sorted(out.items()))
+
     def finish(self) -> dict[str, float]:
-        """→ {series: growth per 100 steps (bytes or counts)}; writes resources.png next to the JSONL."""
-        series = self.series()
-        if len(self.rows()) < 2:
+        """→ growth(); writes resources.png (one line per process) next to the JSONL."""
+        rows = self.rows()
+        if len(rows) < 2:
             return {}
-        slopes = {k: 100 * growth_per_step([s for s, _ in pts], [v for _, v in pts]) for k, pts in series.items()}
-        xy = lambda k, scale=1.0: ([s for s, _ in series[k]], [v / scale for _, v in series[k]])
-        panel_curves({"RSS per process (MiB)": {k.removeprefix("rss_per_proc/"): xy(k, MIB)
-                                                for k in series if k.startswith("rss_per_proc/")},
-                      "open fds": {"driver + workers": xy("open_fds")},
-                      "/dev/shm entries": {"files": xy("shm_entries")},
-                      "object store (MiB)": {"in use": xy("object_store_bytes", MIB)}},
-                     self.path.with_suffix(".png"), title="RL stage: resources on this node")
-        return slopes
+        procs = self.per_process()
+        xy = lambda pts, scale=1.0: ([s for s, _ in pts], [v / scale for _, v in pts])
+        panel_curves({"RSS per process (MiB)": {k.removeprefix("rss/"): xy(v, MIB) for k, v in procs.items()
+                                                if k.startswith("rss/")},
+                      "private (RssAnon, MiB)": {k.removeprefix("anon/"): xy(v, MIB) for k, v in procs.items()
+                                                 if k.startswith("anon/")},
+                      "open fds per process": {k.removeprefix("fds/"): xy(v) for k, v in procs.items()
+                                               if k.startswith("fds/")},
+                      "/dev/shm entries": {"files": xy([(r["step"], r["shm_entries"]) for r in rows])},
+                      "object store (MiB)": {"in use": xy([(r["step"], r["object_store_bytes"]) for r in rows
+                                                            if r.get("object_store_bytes") is not None], MIB)}},
+                     self.path.with_suffix(".png"), title="RL stage: resources on this node, per process")
+        return self.growth()

@@ -30,6 +30,7 @@ def test_the_snapshot_sees_this_process_as_the_driver():
     ballast[::4096] = b"x" * len(ballast[::4096])
     snap = node_snapshot()
     assert snap.procs_by_role["driver"] == 1 and snap.rss_by_role["driver"] > 64 * 2**20
+    assert snap.processes[os.getpid()].anon > 64 * 2**20  # the ballast is private memory
     assert snap.open_fds >= len(os.listdir(f"/proc/{os.getpid()}/fd")) - 1  # the listing's own fd comes and goes
     assert snap.shm_entries == len(os.listdir("/dev/shm"))
     other = node_snapshot(driver_pid=1)  # pid 1 is not ours: this process is then no role at all

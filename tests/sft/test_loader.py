@@ -127,3 +127,33 @@ def test_hand_off_folders_of_killed_processes_are_removed_and_live_ones_kept(tmp
             os.utime(f, (old, old))
     _remove_stale(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in folders if not n.endswith("-old"))
+
+
+def test_stopping_early_ends_the_reader_and_a_failing_step_reaches_the_loop(processor, mixture):
+    import os
+    import threading
+    from pathlib import Path
+
+    _, new = mixture
+    stream = MixtureStream([len(p) for p in new], WEIGHTS, seed=5)
+    data = prefetched(_steps(new, _collator(processor), stream, 0), workers=1, prefetch_steps=2)
+    assert [next(data).step for _ in range(2)] == [1, 2]
+    folders = list(Path("/dev/shm").glob(f"medmo-steps-{os.getpid()}-*"))  # this process's hand-off folder
+    assert len(folders) == 1
+    data.close()  # what train.py's contextlib.closing does when a stage ends early
+    assert not any(t.name == "sft-read-ahead" and t.is_alive() for t in threading.enumerate())
+    assert not any(f.exists() for f in folders)
+
+    class Broken(StepBatches):
+        def __getitem__(self, k):
+            if k == 3:
+                raise RuntimeError("a corrupt shard at step 4")
+            return super().__getitem__(k)
+
+    broken = Broken(stream, new, _collator(processor), batch_size=BATCH, grad_accum=ACCUM, rank=0, world=WORLD,
+                    start_step=0, total_steps=STEPS)
+    got = []
+    with pytest.raises(RuntimeError, match="a corrupt shard at step 4"):
+        for item in prefetched(broken, workers=1, prefetch_steps=2):
+            got.append(item.step)
+    assert got == [1, 2, 3]

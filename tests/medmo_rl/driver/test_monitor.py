@@ -46,3 +46,22 @@ def test_only_this_clusters_workers_are_counted(ray_local):
     assert node_snapshot(raylet_pid=raylet).procs_by_role.get("Probe") == 1
     assert "Probe" not in node_snapshot(raylet_pid=raylet + 10**7).procs_by_role  # another cluster's raylet
     ray_local.kill(p)
+
+
+def test_growth_is_per_process_so_a_resize_is_not_a_leak(tmp_path):
+    """Two rollout actors: pid 11 grows 1 MiB per 10 steps, pid 12 is flat; pid 13 (a worker a
+    resize added for two samples, much smaller) would drag a per-role mean down — it is ignored."""
+    mib = 2**20
+    rows = []
+    for i, step in enumerate((10, 20, 30, 40)):
+        procs = {"11": ["RolloutActor", (100 + i) * mib, 50, 80 * mib], "12": ["RolloutActor", 300 * mib, 40 + i, (200 + 2 * i) * mib]}
+        if step >= 30:
+            procs["13"] = ["RolloutActor", 10 * mib, 10, 5 * mib]
+        rows.append({"step": step, "shm_entries": 2, "object_store_bytes": 5 * mib, "processes": procs})
+    path = tmp_path / "resources.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    growth = ResourceMonitor(path, every=10).growth()
+    assert growth["rss_per_proc/RolloutActor"] == pytest.approx(10 * mib)  # per 100 steps: 1 MiB / 10 steps
+    assert growth["fds_per_proc/RolloutActor"] == pytest.approx(10.0)  # pid 12: +1 fd / 10 steps
+    assert growth["anon_per_proc/RolloutActor"] == pytest.approx(20 * mib)  # pid 12's own pages: +2 MiB / 10 steps
+    assert growth["shm_entries"] == 0 and growth["object_store_bytes"] == 0

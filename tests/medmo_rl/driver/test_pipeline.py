@@ -317,7 +317,8 @@ def test_async_rl_rides_through_a_killed_rollout_actor_reward_service_and_learne
     assert {r["step"] for r in samples} == {2, 4, 6}
     assert all(r["rss/driver"] > 0 and r["procs/RolloutActor"] >= 1 and r["rss/RolloutActor"] > 0 for r in samples)
     assert (async_run / "rl" / "resources.png").stat().st_size > 10_000
-    assert "RL resources, growth per 100 steps (rl/resources.png): rss_per_proc/" in summary
+    assert "RL resources, growth per 100 steps (rl/resources.png): " in summary and "rss_per_proc/driver " in summary
+    assert all(len(r["processes"]) >= 4 for r in samples)  # driver, 2 learners, ≥ 1 rollout actor, by pid
 
 
 def test_async_rl_resumes_after_kill_with_identical_sample_ids(async_run, submitted_run, test_root):
