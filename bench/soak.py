@@ -88,7 +88,7 @@ def main() -> int:
     per_process = monitor.per_process()
     print(f"{'series (per process: the fastest-growing one)':<48} {'growth / 100 steps':>20}")
     for key, slope in monitor.growth().items():
-        mib = key.startswith("rss") or key == "object_store_bytes"
+        mib = key.startswith(("rss", "anon")) or key == "object_store_bytes"
         print(f"{key:<48} {slope / (MIB if mib else 1):>+16.2f}{' MiB' if mib else ''}")
     print(f"\n{'process (sampled the whole run)':<36} {'RSS first':>10} {'last':>8} {'private first':>14} {'last':>8}  MiB")
     for key, pts in per_process.items():

@@ -117,6 +117,10 @@ class RolloutConfig:
     gpu_memory_utilization: UnitFloat = 0.5
     max_num_seqs: PositiveInt = 64
     max_images_per_prompt: PositiveInt = 1
+    # vLLM's processed-image cache per engine (mm_processor_cache_gb; vLLM's default is 4). RL sends
+    # an image once per epoch, as ONE request for all G completions, so the cache never hits and
+    # only grows: measured +14.9 MiB per 100 calls of 4 new 64-px images, up to 4 GiB per actor
+    mm_cache_gib: NonNegFloat = 0.0
     max_pixels: PositiveInt = 1280 * 1280
     temperature: NonNegFloat = 1.0
     top_p: UnitFloat = 1.0

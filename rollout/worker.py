@@ -113,7 +113,7 @@ class RolloutWorker:
         engine_args: dict[str, Any] = dict(
             model=self.model_dir, dtype=config.dtype, max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs, limit_mm_per_prompt={"image": config.max_images_per_prompt},
-            enforce_eager=config.enforce_eager, seed=seed,
+            enforce_eager=config.enforce_eager, seed=seed, mm_processor_cache_gb=config.mm_cache_gib,
         )
         if self.on_gpu:
             engine_args.update(gpu_memory_utilization=config.gpu_memory_utilization,

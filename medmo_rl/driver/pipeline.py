@@ -140,7 +140,7 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
     growth = monitor.finish()
     if growth:
         summary.notes.append("RL resources, growth per 100 steps (rl/resources.png): " + ", ".join(
-            f"{k} {v / 2**20:+.1f} MiB" if k.startswith("rss") or k == "object_store_bytes" else f"{k} {v:+.1f}"
+            f"{k} {v / 2**20:+.1f} MiB" if k.startswith(("rss", "anon")) or k == "object_store_bytes" else f"{k} {v:+.1f}"
             for k, v in growth.items()))
     rows = read_metrics(rl_dir / "metrics.jsonl")
     if rows:

@@ -134,3 +134,10 @@ def test_prompts_over_max_prompt_tokens_are_refused_before_generation(worker, im
     assert over.prompt_too_long and over.completions == () and f"prompt of {n} tokens" in over.error
     assert sample.id in over.error
     assert worker.health().prompts_served == served_before + 2
+
+
+def test_the_processed_image_cache_is_off(worker):
+    """RL sends each image once per epoch (one request for all G completions): vLLM's default 4 GiB
+    processed-image cache would only grow (bench/soak.py: +12.9 MiB per 100 steps per actor)."""
+    mm = worker.llm.llm_engine.vllm_config.model_config.multimodal_config
+    assert mm.mm_processor_cache_gb == worker.config.mm_cache_gib == 0.0
