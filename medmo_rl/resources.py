@@ -68,10 +68,6 @@ def _status_bytes(pid: int, *keys: str) -> list[int]:
     return [found.get(k, 0) for k in keys]
 
 
-def _rss_bytes(pid: int) -> int:
-    return _status_bytes(pid, "VmRSS")[0]
-
-
 def role_of(cmdline: str) -> str | None:
     """'ray::RolloutActor.generate' → 'RolloutActor'; 'ray::IDLE' → 'idle_worker'; not Ray → None."""
     if not cmdline.startswith("ray::"):

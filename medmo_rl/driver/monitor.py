@@ -75,32 +75,32 @@ class ResourceMonitor:
             return []
         return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
 
-    def per_process(self) -> dict[str, list[tuple[int, float]]]:
+    def per_process(self, rows: list[dict] | None = None) -> dict[str, list[tuple[int, float]]]:
         """(step, value) per process and quantity: `rss/<role>/<pid>`, `anon/<role>/<pid>` (its own
         pages: RSS also counts the object store's shared pages it touched, which grow up to the
         store's size without leaking), `fds/<role>/<pid>` — a pool resize starts and stops
         processes, so only a process's own series shows whether it grows."""
         out: dict[str, list[tuple[int, float]]] = {}
-        for r in self.rows():
+        for r in self.rows() if rows is None else rows:
             for pid, (role, rss, fds, anon) in r.get("processes", {}).items():
                 out.setdefault(f"rss/{role}/{pid}", []).append((r["step"], rss))
                 out.setdefault(f"anon/{role}/{pid}", []).append((r["step"], anon))
                 out.setdefault(f"fds/{role}/{pid}", []).append((r["step"], fds))
         return out
 
-    def growth(self, min_samples: int = 3) -> dict[str, float]:
+    def growth(self, min_samples: int = 3, rows: list[dict] | None = None) -> dict[str, float]:
         """Growth per 100 steps (least squares): per role, its fastest-growing process (RSS and
         private bytes, open fds) among those sampled ≥ min_samples times; and the node-wide
         /dev/shm entries and object-store bytes."""
+        rows = self.rows() if rows is None else rows
         out: dict[str, float] = {}
-        for key, pts in self.per_process().items():
+        for key, pts in self.per_process(rows).items():
             if len(pts) < min_samples:
                 continue
             kind, role, _ = key.split("/")
             slope = 100 * growth_per_step([s for s, _ in pts], [v for _, v in pts])
             name = f"{kind}_per_proc/{role}"
             out[name] = max(out.get(name, -math.inf), slope)
-        rows = self.rows()
         for k in ("shm_entries", "object_store_bytes"):
             pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
             if len(pts) >= min_samples:
@@ -112,7 +112,7 @@ class ResourceMonitor:
         rows = self.rows()
         if len(rows) < 2:
             return {}
-        procs = self.per_process()
+        procs = self.per_process(rows)
         xy = lambda pts, scale=1.0: ([s for s, _ in pts], [v / scale for _, v in pts])
         panel_curves({"RSS per process (MiB)": {k.removeprefix("rss/"): xy(v, MIB) for k, v in procs.items()
                                                 if k.startswith("rss/")},
@@ -124,4 +124,4 @@ class ResourceMonitor:
                       "object store (MiB)": {"in use": xy([(r["step"], r["object_store_bytes"]) for r in rows
                                                             if r.get("object_store_bytes") is not None], MIB)}},
                      self.path.with_suffix(".png"), title="RL stage: resources on this node, per process")
-        return self.growth()
+        return self.growth(rows=rows)
