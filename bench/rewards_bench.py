@@ -8,13 +8,20 @@ Prints, in one run:
    identical values, prints the speedup (goal ≥ 20×);
 2. the per-phase split of one /v1/score request body, in-process: JSON decode + envelope
    (msgspec), record validation (cold, and from the reference cache), scoring, response encode;
-3. for each --workers count: `python -m rewards.serve --workers N` in a subprocess, one client
-   posting pre-serialised batches of --batch completions back to back (completions/s, p50/p99;
-   goal ≥ 25k completions/s at batch 256 from one process), then --clients concurrent clients
-   (threads, one connection each) posting batches of 32 (goal p99 < 100 ms; errors — HTTP ≠ 200,
-   or an item with an error — counted, the goal is 0);
-4. the one-process throughput again with the reference cache off (--reference-cache 0): the
-   bench re-sends one body, so the cache always hits above; this is the cold-validation figure.
+3. for each --workers count: `python -m rewards.serve --workers N` in a subprocess, loaded by
+   bench/http_load.py (keep-alive connections on one asyncio loop, ~0.05 core of client; the
+   httpx threads used before were the bottleneck at 64 clients): one client posting batches of
+   --batch completions back to back (completions/s, p50/p99; goal ≥ 25k completions/s at batch
+   256 from one process), eight such clients (1 → 2 process scaling: uvicorn's workers share one
+   listening socket and two connections often land on one worker), then --clients concurrent
+   clients posting batches of 32 (goal p99 < 100 ms). Errors — HTTP ≠ 200, or an item with an
+   error — are counted, the goal is 0; the CPU the service and the client used is printed;
+   every client cycles through 8 bodies over the same references (the completions differ);
+4. the one-process throughput again with the reference cache off (--reference-cache 0):
+   every reference validated on every request, the cold-validation figure;
+5. the baseline of the service's event-loop scoring, in the same run: one process scoring every
+   body on its worker thread (--inline-bytes 0, how every body was scored before), and the
+   ratios against it.
 A benchmark, not a test: numbers depend on the machine (and on what else runs on it).
 """
 from __future__ import annotations
@@ -25,18 +32,22 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx
+import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from medmo_rl.boxes import to_relative  # noqa: E402
+from http_load import load  # noqa: E402  (bench/http_load.py)
 from rewards.bbox import bbox_reward_batch, bbox_reward_reference  # noqa: E402
+
+VARIANTS = 8  # bodies each client cycles through: completions vary between requests, references repeat
 
 
 def _boxes(rng: np.random.Generator, n: int, w: int, h: int) -> list[list[float]]:
@@ -80,8 +91,13 @@ def bench_bbox() -> None:
               f"speedup {t_ref / t_vec:5.1f}x  identical values: yes (mean R = {vec.mean():.4f})")
 
 
-def score_items_json(rng: np.random.Generator, n: int) -> list[dict]:
-    """RL-like items: 1/2 grounding, 1/4 closed VQA, 1/4 MCQ; ~1,000-character completions."""
+def score_items_json(rng: np.random.Generator, n: int, variant: int = 0) -> list[dict]:
+    """RL-like items: 1/2 grounding, 1/4 closed VQA, 1/4 MCQ; ~1,000-character completions.
+
+    variant > 0: the same references with other grounding completions (boxes moved by up to 6
+    units), like the next RL step's completions for the same prompts.
+    """
+    jitter = np.random.default_rng(10_000 + variant)
     items = []
     think = "<think>\n" + "The image shows a chest radiograph; I compare both lung fields. " * 14 + "\n</think>\n"
     for i in range(n):
@@ -92,6 +108,8 @@ def score_items_json(rng: np.random.Generator, n: int) -> list[dict]:
                    "images": ["img.png"], "boxes": gts, "labels": ["nodule"] * len(gts),
                    "image_size": [640, 480], "source": "bench"}
             rel = [list(to_relative(b, (640, 480))) for b in gts]
+            if variant:
+                rel = [[min(1000, max(0, c + int(d))) for c, d in zip(b, jitter.integers(-6, 7, 4))] for b in rel]
             answer = "nodule <box>" + json.dumps(rel) + "</box>"
         elif kind == 2:
             ref = {"id": f"v{i}", "task": "vqa", "prompt": "Is there an effusion?", "answer": "yes",
@@ -104,6 +122,12 @@ def score_items_json(rng: np.random.Generator, n: int) -> list[dict]:
         items.append({"completion": f"{think}<answer>\n{answer}\n</answer>", "num_tokens": int(rng.integers(200, 1100)),
                       "reference": ref})
     return items
+
+
+def bodies(batch: int, seed: int, variants: int = VARIANTS) -> list[bytes]:
+    """`variants` /v1/score bodies over the same references (one RL prompt set), other completions."""
+    return [json.dumps({"items": score_items_json(np.random.default_rng(seed), batch, v)}).encode()
+            for v in range(variants)]
 
 
 def free_port() -> int:
@@ -121,7 +145,8 @@ def bench_phases(batch: int) -> None:
 
     print(f"== one /v1/score body of {batch} completions, in-process (best of 20) ==")
     config = RewardConfig()
-    body = json.dumps({"items": score_items_json(np.random.default_rng(0), batch)}).encode()
+    variants = bodies(batch, 0)
+    body = variants[0]
     request = api.decode(_score_decoder, body)
     raws = [bytes(it.reference) for it in request.items]
     warm = ReferenceCache()
@@ -134,20 +159,19 @@ def bench_phases(batch: int) -> None:
         "record validation, cached": lambda: [warm.get(r, _reference_from_raw) for r in raws],
         "scoring (score_items)": lambda: score_items(items, config),
         "encode (msgspec)": lambda: _encoder.encode(response),
-        "whole body, cached refs": lambda: _encoder.encode(score_batch(body, config, warm)),
-        "whole body, cold refs": lambda: _encoder.encode(score_batch(body, config, ReferenceCache(0))),
+        "whole body, cached refs": lambda: [_encoder.encode(score_batch(b, config, warm)) for b in variants],
+        "whole body, cold refs": lambda: [_encoder.encode(score_batch(b, config, ReferenceCache(0))) for b in variants],
     }
     for name, fn in phases.items():
-        t = best_time(fn, 20)
+        t = best_time(fn, 20) / (len(variants) if name.startswith("whole") else 1)
         print(f"{name:30s} {t * 1e3:7.2f} ms  ({t / batch * 1e6:6.2f} us/completion)")
 
 
-def start_service(port: int, workers: int = 1, reference_cache: int | None = None) -> subprocess.Popen:
+def start_service(port: int, workers: int = 1, extra: Sequence[str] = ()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("MEDMO_REWARD_TOKEN", None)
-    cmd = [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    if reference_cache is not None:
-        cmd += ["--reference-cache", str(reference_cache)]
+    cmd = [sys.executable, "-m", "rewards.serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -160,76 +184,36 @@ def start_service(port: int, workers: int = 1, reference_cache: int | None = Non
     raise RuntimeError("reward service did not come up")
 
 
-def bench_throughput(url: str, batch: int, seconds: float, clients: int = 1) -> None:
-    """`clients` threads (one connection each) posting the same batch back to back."""
-    print(f"== service throughput: {clients} client(s), batch {batch}, {seconds:.0f} s ==")
-    if clients > 1:
-        return bench_concurrent(url, clients, seconds, batch)
-    body = json.dumps({"items": score_items_json(np.random.default_rng(0), batch)}).encode()
-    latencies = []
-    with httpx.Client(base_url=url, timeout=60, headers={"content-type": "application/json"}) as client:
-        for _ in range(3):  # warm up
-            client.post("/v1/score", content=body).raise_for_status()
-        t_end = time.perf_counter() + seconds
-        t_start = time.perf_counter()
-        while time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            resp = client.post("/v1/score", content=body)
-            latencies.append(time.perf_counter() - t0)
-            assert resp.status_code == 200, resp.text[:200]
-        wall = time.perf_counter() - t_start
-        results = resp.json()["results"]
-    assert len(results) == batch and all(r["error"] is None for r in results)
+_results = msgspec.json.Decoder(dict)
+
+
+def _item_errors(body: bytes) -> str | None:
+    errors = [r["error"] for r in _results.decode(body)["results"] if r["error"] is not None]
+    return f"{len(errors)} item error(s), first: {errors[0]}" if errors else None
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn's workers)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
+def bench_load(url: str, server_pid: int, batch: int, seconds: float, connections: int) -> tuple[float, float]:
+    """`connections` keep-alive clients (bench/http_load.py) posting batches of `batch` back to back
+    → (completions/s, p99 latency in ms)."""
+    variants = bodies(batch, 0 if batch == 256 else 1)
+    cpu0, client0 = _cpu_s(server_pid), time.process_time()
+    latencies, errors, wall = load(url, "/v1/score", variants, connections, seconds, check=_item_errors)
+    server_cores, client_cores = (_cpu_s(server_pid) - cpu0) / wall, (time.process_time() - client0) / wall
     lat = np.array(latencies) * 1e3
-    print(f"{len(latencies)} requests, {len(latencies) * batch / wall:,.0f} completions/s, "
-          f"latency p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
-          f"(body {len(body) / 1e3:.0f} kB)")
-
-
-def bench_concurrent(url: str, clients: int, seconds: float, batch: int = 32) -> None:
-    print(f"== {clients} concurrent clients, batch {batch}, {seconds:.0f} s ==")
-    body = json.dumps({"items": score_items_json(np.random.default_rng(1), batch)}).encode()
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    window = {}  # start/end of the measured window, set once every client is connected
-
-    def open_window() -> None:
-        window["start"] = time.perf_counter()
-        window["end"] = window["start"] + seconds
-
-    ready = threading.Barrier(clients, action=open_window)
-
-    def worker() -> None:
-        with httpx.Client(base_url=url, timeout=120, headers={"content-type": "application/json"}) as client:
-            try:
-                client.get("/healthz")  # connect before the window opens
-            except httpx.HTTPError:
-                pass  # the scoring loop will count it
-            ready.wait(timeout=120)
-            while time.perf_counter() < window["end"]:
-                t0 = time.perf_counter()
-                try:
-                    resp = client.post("/v1/score", content=body)
-                    ok = resp.status_code == 200 and all(r["error"] is None for r in resp.json()["results"])
-                    why = None if ok else f"HTTP {resp.status_code}: {resp.text[:100]}"
-                except httpx.HTTPError as exc:
-                    why = f"{type(exc).__name__}: {exc}"
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    if why:
-                        errors.append(why)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - window["start"]
-    lat = np.array(latencies) * 1e3
-    print(f"{len(latencies)} requests, {len(latencies) * batch / wall:,.0f} completions/s, "
-          f"latency p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, "
-          f"errors {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    print(f"{connections:3d} client(s), batch {batch:3d}: {len(lat) / wall:7,.0f} requests/s, "
+          f"{len(lat) * batch / wall:7,.0f} completions/s, latency p50 {np.percentile(lat, 50):6.1f} ms, "
+          f"p99 {np.percentile(lat, 99):6.1f} ms, errors {len(errors)}"
+          + (f" (first: {errors[0]})" if errors else "")
+          + f"; CPU: service {server_cores:.2f} cores, client {client_cores:.2f}")
+    return len(lat) * batch / wall, float(np.percentile(lat, 99))
 
 
 def main() -> None:
@@ -243,17 +227,23 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     bench_bbox()
     bench_phases(args.batch)
-    runs = [(int(w), None) for w in args.workers.split(",")] + [(1, 0)]
-    for workers, cache in runs:
+    # (label, workers, extra serve args); the last run is the baseline of the service's event-loop scoring
+    runs = [(f"{w} service process(es)", int(w), []) for w in args.workers.split(",")]
+    runs += [("1 service process, reference cache off", 1, ["--reference-cache", "0"]),
+             ("1 service process, every body scored on the worker thread (--inline-bytes 0)", 1, ["--inline-bytes", "0"])]
+    figures: dict[tuple[str, int], tuple[float, float]] = {}
+    for label, workers, extra in runs:
         port = free_port()
-        proc = start_service(port, workers, cache)
-        print(f"#### {workers} service process(es)" + (", reference cache off" if cache == 0 else ""))
+        proc = start_service(port, workers, extra)
+        print(f"#### {label}")
         try:
             url = f"http://127.0.0.1:{port}"
-            bench_throughput(url, args.batch, args.seconds)
-            if cache is None:  # 2 clients: enough to keep 2 processes busy (1→2 process scaling)
-                bench_throughput(url, args.batch, args.seconds, clients=2)
-                bench_concurrent(url, args.clients, args.seconds)
+            figures[label, 1] = bench_load(url, proc.pid, args.batch, args.seconds, 1)
+            if not extra:  # 1 → 2 process scaling: 8 connections, so the kernel gives each worker some
+                bench_load(url, proc.pid, args.batch, args.seconds, 8)
+            if "--reference-cache" not in extra:
+                figures[label, args.clients] = bench_load(url, proc.pid, 32, args.seconds, args.clients)
+            if not extra:
                 metrics = httpx.get(f"{url}/metrics").text
                 counts = [ln for ln in metrics.splitlines() if ln.startswith(
                     ("medmo_reward_items_total", "medmo_reward_item_errors_total", "medmo_reward_requests_total"))]
@@ -261,6 +251,12 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+    first, base = runs[0][0], runs[-1][0]
+    if first.startswith("1 "):
+        for conns in (1, args.clients):
+            (rate, p99), (rate0, p99_0) = figures[first, conns], figures[base, conns]
+            print(f"event loop vs worker thread, {conns} client(s): throughput {rate / rate0:.2f}x, p99 {p99:.1f} vs "
+                  f"{p99_0:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ Never raises on a completion; a bad reference raises `SampleError` naming the fi
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,7 @@ _LETTER = re.compile(
 NO_LABELS_ACCURACY = 0.5
 
 
+@functools.lru_cache(maxsize=1 << 16)  # labels, choices and a group's answers repeat: each is normalised once
 def normalize_answer(text: str) -> str:
     """lowercase → punctuation to spaces → drop articles → collapse whitespace:
     "The Left-Lung, (PA)!" → "left lung pa", "X-ray" → "x ray" (SQuAD would give "xray")."""
@@ -136,9 +138,11 @@ def _grounding_accuracy(parsed: ParsedCompletion, ref: Sample) -> float:
     if not wanted:
         return NO_LABELS_ACCURACY
     named = {normalize_answer(lab) for lab in parsed.boxes.labels}
-    text = normalize_answer(parsed.answer)
-    hits = sum(lab in named or _contains_words(text, lab) for lab in wanted)
-    return hits / len(wanted)
+    missing = wanted - named
+    if missing:  # only then is the answer's text searched (most answers label every box)
+        text = normalize_answer(parsed.answer)
+        missing = {lab for lab in missing if not _contains_words(text, lab)}
+    return (len(wanted) - len(missing)) / len(wanted)
 
 
 def _mcq_accuracy(answer: str, ref: Sample) -> float | None:

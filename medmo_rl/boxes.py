@@ -59,8 +59,8 @@ def to_relative(box_px: Sequence[float], image_size: Sequence[float]) -> tuple[i
 def to_pixels(box_rel: Sequence[float], image_size: Sequence[float]) -> Box:
     """Qwen3-VL 0–1000 → absolute pixels: px = rel·size/1000."""
     w, h = float(image_size[0]), float(image_size[1])
-    sizes = (w, h, w, h)
-    return tuple(float(c) * s / REL_SCALE for c, s in zip(box_rel, sizes))  # type: ignore[return-value]
+    x1, y1, x2, y2 = box_rel
+    return (float(x1) * w / REL_SCALE, float(y1) * h / REL_SCALE, float(x2) * w / REL_SCALE, float(y2) * h / REL_SCALE)
 
 
 def format_boxes(label: str, boxes_rel: Sequence[Sequence[int]]) -> str:
@@ -83,7 +83,8 @@ def format_grounding_answer(labels: Sequence[str], boxes_rel: Sequence[Sequence[
 
 _MEDMO_SEG = re.compile(r"([^<>;\n]*?)\s*<box>(.*?)</box>", re.S)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf(?:inity)?|nan"
+_NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf(?:inity)?|nan", re.I)
+_QUAD = re.compile(r"\[([^\[\]]*)\]")
 
 
 def _as_box(value: object) -> Box | None:
@@ -98,6 +99,8 @@ def _as_box(value: object) -> Box | None:
 
 
 def _parse_medmo(text: str) -> ParsedBoxes | None:
+    if "<box>" not in text:  # the common non-grounding answer: skip the segment scan
+        return None
     segments = _MEDMO_SEG.findall(text)
     if not segments:
         return None
@@ -106,13 +109,13 @@ def _parse_medmo(text: str) -> ParsedBoxes | None:
     problems: list[str] = []
     for raw_label, body in segments:
         label = raw_label.strip().strip(":,").strip()
-        quads = re.findall(r"\[([^\[\]]*)\]", body)
+        quads = _QUAD.findall(body)
         if not quads:
             problems.append(f"empty or malformed <box> body {body[:40]!r}")
         for quad in quads:
-            nums = re.findall(_NUM, quad, flags=re.I)
-            try:
-                box = _as_box([float(n) for n in nums])
+            nums = _NUM.findall(quad)
+            try:  # every match is a float literal; 4 of them make a box
+                box = tuple(map(float, nums)) if len(nums) == 4 else None
             except ValueError:
                 box = None
             if box is None:

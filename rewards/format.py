@@ -16,4 +16,5 @@ def tag_count(completion: str) -> float:
     """Quarter point per tag that occurs exactly once (module docstring); in [0, 1]."""
     if not isinstance(completion, str):
         return 0.0
-    return 0.25 * sum(completion.count(tag) == 1 for tag in _TAGS)
+    count = completion.count
+    return 0.25 * ((count(_TAGS[0]) == 1) + (count(_TAGS[1]) == 1) + (count(_TAGS[2]) == 1) + (count(_TAGS[3]) == 1))

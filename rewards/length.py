@@ -17,17 +17,20 @@ import math
 import numbers
 
 
+def _real(x: object) -> float:
+    if type(x) is float:  # the common cases first
+        return x
+    if type(x) is not int and (not isinstance(x, numbers.Real) or isinstance(x, bool)):
+        return math.nan
+    try:
+        return float(x)
+    except OverflowError:  # an int past float range
+        return math.inf if x > 0 else -math.inf
+
+
 def soft_overlong_punishment(num_tokens: int, max_completion_len: int, cache_len: int) -> float:
     """DAPO's R_length (module docstring); in [−1, 0]."""
-    def real(x: object) -> float:
-        if not isinstance(x, numbers.Real) or isinstance(x, bool):
-            return math.nan
-        try:
-            return float(x)
-        except OverflowError:  # an int past float range
-            return math.inf if x > 0 else -math.inf
-
-    length, l_max, l_cache = real(num_tokens), real(max_completion_len), real(cache_len)
+    length, l_max, l_cache = _real(num_tokens), _real(max_completion_len), _real(cache_len)
     if not (math.isfinite(length) and length >= 0) or math.isnan(l_max):
         return -1.0
     if not (math.isfinite(l_cache) and l_cache > 0):

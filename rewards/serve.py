@@ -14,6 +14,7 @@ YAML (`medmo_rl.config.load_config(path).reward`), default `RewardConfig()`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -24,10 +25,20 @@ import threading
 from medmo_rl.config import RewardConfig, load_config
 
 from rewards.client import TOKEN_ENV
-from rewards.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_REFERENCE_CACHE, create_app
+from rewards.service import DEFAULT_INLINE_BYTES, DEFAULT_MAX_BODY_BYTES, DEFAULT_REFERENCE_CACHE, create_app
 
 SERVE_APP_NAME = "medmo-rewards"
 _WORKER_ARGS_ENV = "MEDMO_REWARD_WORKER_ARGS"  # how the parent hands its arguments to uvicorn's workers
+
+
+def serving_app(*args, **kwargs):
+    """`create_app(...)` for a long-lived server: everything alive now is frozen out of the cyclic
+    GC (gc.freeze), so its full collections no longer walk the imported modules on every pass —
+    at 64 concurrent clients that cut the p99 latency by ~20 ms here (bench/rewards_bench.py)."""
+    app = create_app(*args, **kwargs)
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 class RewardDeployment:
@@ -38,7 +49,7 @@ class RewardDeployment:
         self._tokenizer = tokenizer
 
     def __serve_build_asgi_app__(self):
-        return create_app(*self._args, tokenizer=self._tokenizer)
+        return serving_app(*self._args, tokenizer=self._tokenizer)
 
 
 def deploy_serve(
@@ -98,6 +109,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tokenizer.json or a HF model folder: /get_reward then scores the overlong part")
     p.add_argument("--reference-cache", type=int, default=DEFAULT_REFERENCE_CACHE,
                    help="validated references kept per process (0: validate every item)")
+    p.add_argument("--inline-bytes", type=int, default=DEFAULT_INLINE_BYTES,
+                   help="bodies up to this size are scored on the event loop, larger on a worker thread")
     args = p.parse_args(argv)
     if args.replicas < 0:
         p.error("--replicas must be >= 0")
@@ -107,6 +120,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--workers is for plain uvicorn serving; with Ray Serve use --replicas")
     if args.reference_cache < 0:
         p.error("--reference-cache must be >= 0")
+    if args.inline_bytes < 0:
+        p.error("--inline-bytes must be >= 0")
     return args
 
 
@@ -114,8 +129,8 @@ def worker_app():
     """uvicorn's app factory in each --workers process: rebuilds the app from the parent's arguments."""
     a = json.loads(os.environ[_WORKER_ARGS_ENV])
     config = load_config(a["config"]).reward if a["config"] else RewardConfig()
-    return create_app(config, os.environ.get(TOKEN_ENV) or None, a["max_body_bytes"],
-                      tokenizer=a["tokenizer"], reference_cache=a["reference_cache"])
+    return serving_app(config, os.environ.get(TOKEN_ENV) or None, a["max_body_bytes"], tokenizer=a["tokenizer"],
+                       reference_cache=a["reference_cache"], inline_bytes=a["inline_bytes"])
 
 
 def _run_uvicorn(args: argparse.Namespace, config: RewardConfig, token: str | None) -> None:
@@ -123,13 +138,14 @@ def _run_uvicorn(args: argparse.Namespace, config: RewardConfig, token: str | No
 
     common = dict(host=args.host, port=args.port, log_level="warning", access_log=False)
     if args.workers == 1:
-        app = create_app(config, token, args.max_body_bytes, tokenizer=args.tokenizer,
-                         reference_cache=args.reference_cache)
+        app = serving_app(config, token, args.max_body_bytes, tokenizer=args.tokenizer,
+                          reference_cache=args.reference_cache, inline_bytes=args.inline_bytes)
         uvicorn.run(app, **common)
         return
     # workers are fresh processes: they import the app by name and read their arguments from the env
     os.environ[_WORKER_ARGS_ENV] = json.dumps({"config": args.config, "max_body_bytes": args.max_body_bytes,
-                                               "tokenizer": args.tokenizer, "reference_cache": args.reference_cache})
+                                               "tokenizer": args.tokenizer, "reference_cache": args.reference_cache,
+                                               "inline_bytes": args.inline_bytes})
     # prometheus_client's multi-process mode: each worker writes its values to files in this folder
     created = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(prefix="medmo-reward-metrics-")
     if created:

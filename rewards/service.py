@@ -17,8 +17,11 @@ names the field, e.g. "items[3].num_tokens: must be an integer >= 0"). No input 
 Bodies are decoded by msgspec into the Structs of rewards/api.py (never pickle).
 
 Each distinct reference is validated once (`ReferenceCache`, keyed by its raw JSON): G
-completions of one prompt share it. Scoring runs in one worker thread per process (FIFO), so
-/healthz answers while a large batch is scored and concurrent batches do not fight over the GIL.
+completions of one prompt share it. A body up to `inline_bytes` (1 MiB, ≈ 800 completions,
+≈ 12 ms of work) is scored on the event loop itself: a hop to a thread and back, and the two
+threads trading the GIL, cost more than such a batch (measured at 64 concurrent clients of 32
+completions: 1,116 requests/s on the loop vs 772/s through the thread). Larger bodies are scored
+on one worker thread per process (FIFO), so /healthz still answers while they run.
 /metrics counts this process, or all uvicorn workers when PROMETHEUS_MULTIPROC_DIR is set
 (`python -m rewards.serve --workers N` sets it). `rewards.serve` runs this app under uvicorn or
 as Ray Serve replicas.
@@ -48,6 +51,7 @@ from rewards.parsing import as_reference
 
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20  # a 256-item batch of 1k-token completions is ≈ 1.5 MB
 DEFAULT_REFERENCE_CACHE = 8192  # records; ≈ 10 MB at RL-sized records
+DEFAULT_INLINE_BYTES = 2**20  # bodies up to this size are scored on the event loop (≈ 800 completions, ≈ 12 ms)
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _score_decoder = api.decoder(api.ScoreRequest)
 _reward_decoder = api.decoder(api.RewardRequest)
@@ -171,11 +175,14 @@ def create_app(
     *,
     tokenizer: str | None = None,
     reference_cache: int = DEFAULT_REFERENCE_CACHE,
+    inline_bytes: int = DEFAULT_INLINE_BYTES,
 ) -> FastAPI:
     """The service app. token: required as "Authorization: Bearer <token>" when not None/empty.
 
     tokenizer: a tokenizer.json (or a folder holding one) for /get_reward's overlong part.
     reference_cache: validated references kept per process (0: validate every item).
+    inline_bytes: bodies up to this size are scored on the event loop, larger ones on the worker
+    thread (0: every body on the thread).
     """
     app = FastAPI(title="medmo-rl rewards", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json")
@@ -183,7 +190,7 @@ def create_app(
     references = ReferenceCache(reference_cache)
     count_tokens: TokenCounter | None = load_token_counter(tokenizer) if tokenizer else None
     expected = f"Bearer {token}".encode() if token else None
-    worker = anyio.CapacityLimiter(1)  # FIFO scoring: one batch at a time holds the GIL
+    worker = anyio.CapacityLimiter(1)  # FIFO for large bodies: one at a time holds the GIL
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").encode("latin-1", "replace")
@@ -220,7 +227,10 @@ def create_app(
                 response = body
             else:
                 try:
-                    out, n_items, n_failed = await anyio.to_thread.run_sync(work, body, limiter=worker)
+                    if len(body) <= inline_bytes:  # a few ms of work: a thread hop would cost more than it saves
+                        out, n_items, n_failed = work(body)
+                    else:  # long work runs on the worker thread, so /healthz and small batches still answer
+                        out, n_items, n_failed = await anyio.to_thread.run_sync(work, body, limiter=worker)
                     response = _json(out)
                 except api.RequestError as exc:
                     response = error(422, str(exc))

@@ -52,6 +52,24 @@ def test_results_in_order_and_equal_to_in_process_scores(url):
     assert len({r["total"] for r in results}) > 40  # overlong differs per item: the order check bites
 
 
+def test_event_loop_and_worker_thread_paths_answer_alike(run_server):
+    """Bodies up to inline_bytes are scored on the event loop, larger ones on the worker thread:
+    the same body must get the same bytes back either way."""
+    refs = [GROUNDING, MCQ, VQA_YES]
+    completions = ["nodule <box>[[100, 100, 500, 300], [550, 300, 900, 600]]</box>", "B", "no", "yes",
+                   "<answer>nodule <box>[[90, 110, 480, 320]]</box></answer>", "(C) No finding"]
+    body = json.dumps({"items": [item(completions[i % 6], refs[i % 3], num_tokens=900 + i) for i in range(48)]})
+    answers = {}
+    for inline_bytes in (len(body), len(body) - 1, 0):  # loop, thread, thread
+        server = run_server(create_app(CFG, inline_bytes=inline_bytes))
+        resp = httpx.post(f"{server.url}/v1/score", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 200
+        answers[inline_bytes] = resp.content
+    assert len(set(answers.values())) == 1
+    results = json.loads(answers[0])["results"]
+    assert len({r["total"] for r in results}) > 10 and all(r["error"] is None for r in results)
+
+
 def test_bad_item_gets_an_error_and_the_rest_are_scored(url):
     items = [item("yes", VQA_YES), item("yes", {"task": "diagnosis", "answer": "yes"}),
              item("yes", {"task": "grounding", "answer": "", "boxes": [[0, 0, 5, 5]], "labels": ["a"]}),
