@@ -38,6 +38,7 @@ from medmo_rl.parallel import adamw, full_state_dict, grad_sync, optimizer_step,
 from medmo_rl.probe import hf_probe_logprobs
 from medmo_rl.prompts import load_image
 from medmo_rl.records import TrainItem
+from medmo_rl.resources import release_free_heap
 from medmo_rl.schedules import lr_multiplier
 
 
@@ -242,6 +243,13 @@ class Learner:
         the same number of micro-batches (DDP all-reduces in backward); `LearnerGroup` pads shards
         with masked-out items to make it so. Collective when world_size > 1 (the stats' all-gather).
         """
+        stats = self._update(mini_batches, mini_batch_tokens)
+        # once the step's tensors are freed: their sizes follow the completion lengths, and the holes
+        # they leave in the glibc heap stayed resident (a rank grew ~6 MiB per 100 steps without this)
+        release_free_heap()
+        return stats
+
+    def _update(self, mini_batches: Sequence[Sequence[TrainItem]], mini_batch_tokens: Sequence[int]) -> LearnStats:
         rl = self.rl
         batches = self._micro_batches(mini_batches)
         with torch.no_grad():  # π_old; as many forwards on every rank as it has micro-batches (FSDP2)

@@ -123,3 +123,32 @@ def growth_per_step(steps: Sequence[float], values: Sequence[float]) -> float:
     if sxx == 0:
         return float("nan")
     return sum((x - mx) * (y - my) for x, y in zip(steps, values)) / sxx
+
+
+_libc = None  # glibc, once looked up; False where there is none (macOS, musl)
+
+
+def release_free_heap() -> bool:
+    """Give the allocator's free pages back to the OS: glibc's malloc_trim(0). → whether it ran.
+
+    Why: a learner step allocates tensors whose sizes follow the completion lengths, so the glibc
+    heap ends up with free holes between live blocks that it keeps resident; every new largest
+    batch shape adds some. Measured (bench: 2 DDP ranks through Ray, 128 completions of 1–160
+    tokens per step, checkpoint every 10; 360–600 steps): private memory +6.2 / +5.7 MiB per 100
+    steps without, +0.1 / +1.0 with malloc_trim after every step (~0.06 s a step dearer);
+    MALLOC_ARENA_MAX=2 did not help (+15.7 / +7.7), a fixed mmap threshold did (< +1) but made
+    each step ~1.8× slower. No-op without glibc.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018 — musl has no malloc_trim
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc is False:
+        return False
+    _libc.malloc_trim(0)
+    return True

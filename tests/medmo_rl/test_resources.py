@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from medmo_rl.resources import growth_per_step, node_snapshot, role_of
+from medmo_rl.resources import _status_bytes, growth_per_step, node_snapshot, release_free_heap, role_of
 
 
 def test_growth_is_the_least_squares_slope():
@@ -36,3 +36,16 @@ def test_the_snapshot_sees_this_process_as_the_driver():
     other = node_snapshot(driver_pid=1)  # pid 1 is not ours: this process is then no role at all
     assert "driver" not in other.rss_by_role or other.rss_by_role["driver"] != snap.rss_by_role["driver"]
     del ballast
+
+
+def test_release_free_heap_returns_the_holes_glibc_keeps():
+    """Blocks below glibc's mmap threshold live in the heap; freed under a live top block they
+    stay resident until malloc_trim (what a learner step's varying tensor sizes leave behind)."""
+    anon = lambda: _status_bytes(os.getpid(), "RssAnon")[0]  # noqa: E731
+    blocks = [bytearray(100_000) for _ in range(1500)]  # 150 MB
+    top = blocks[-1]
+    del blocks
+    before = anon()
+    assert release_free_heap()  # this machine (and CI) run glibc
+    assert before - anon() > 100 * 2**20
+    assert len(top) == 100_000
