@@ -135,7 +135,8 @@ def release_free_heap() -> bool:
     heap ends up with free holes between live blocks that it keeps resident; every new largest
     batch shape adds some. Measured (bench: 2 DDP ranks through Ray, 128 completions of 1–160
     tokens per step, checkpoint every 10; 360–600 steps): private memory +6.2 / +5.7 MiB per 100
-    steps without, +0.1 / +1.0 with malloc_trim after every step (~0.06 s a step dearer);
+    steps without, +0.1 / +1.0 with malloc_trim after every step (1.12 → 1.19 s a step there;
+    bench/learner_memory.py, 200 steps: +9.9 / +0.3 without, −1.3 / +1.2 with, 0.99 → 1.16 s);
     MALLOC_ARENA_MAX=2 did not help (+15.7 / +7.7), a fixed mmap threshold did (< +1) but made
     each step ~1.8× slower. No-op without glibc.
     """
