@@ -29,9 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from medmo_rl.ablate import _link_base  # noqa: E402  (the same linked run directories as the ablations)
-from medmo_rl.driver.monitor import ResourceMonitor  # noqa: E402
+from medmo_rl.driver.monitor import MIB, ResourceMonitor, in_bytes  # noqa: E402
 
-MIB = 2**20
 QUICK_SFT = ("sft.stage1.max_steps=30", "sft.stage2.max_steps=400", "sft.stage3.max_steps=60")
 
 
@@ -88,7 +87,7 @@ def main() -> int:
     per_process = monitor.per_process()
     print(f"{'series (per process: the fastest-growing one)':<48} {'growth / 100 steps':>20}")
     for key, slope in monitor.growth().items():
-        mib = key.startswith(("rss", "anon")) or key == "object_store_bytes"
+        mib = in_bytes(key)
         print(f"{key:<48} {slope / (MIB if mib else 1):>+16.2f}{' MiB' if mib else ''}")
     print(f"\n{'process (sampled the whole run)':<36} {'RSS first':>10} {'last':>8} {'private first':>14} {'last':>8}  MiB")
     for key, pts in per_process.items():

@@ -137,8 +137,9 @@ def release_free_heap() -> bool:
     tokens per step, checkpoint every 10; 360–600 steps): private memory +6.2 / +5.7 MiB per 100
     steps without, +0.1 / +1.0 with malloc_trim after every step (1.12 → 1.19 s a step there;
     bench/learner_memory.py, 200 steps: +9.9 / +0.3 without, −1.3 / +1.2 with, 0.99 → 1.16 s);
-    MALLOC_ARENA_MAX=2 did not help (+15.7 / +7.7), a fixed mmap threshold did (< +1) but made
-    each step ~1.8× slower. No-op without glibc.
+    MALLOC_ARENA_MAX=2 did not help (+15.7 / +7.7); a fixed mmap threshold slowed the growth
+    (349 → 351 and 350 → 353 MiB from step 20 to 100, where that run was stopped) but made each
+    step ~1.8× slower. No-op without glibc.
     """
     global _libc
     if _libc is None:

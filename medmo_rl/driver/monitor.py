@@ -24,6 +24,11 @@ log = logging.getLogger("medmo_rl")
 MIB = 2**20
 
 
+def in_bytes(series: str) -> bool:
+    """Whether a `ResourceMonitor.growth()` series counts bytes (shown in MiB) rather than things."""
+    return series.startswith(("rss", "anon")) or series == "object_store_bytes"
+
+
 def object_store_bytes() -> float:
     """Bytes in the object store (all nodes), from the raylet's memory report; NaN (logged) where
     Ray's private API for it is missing or does not answer."""

@@ -44,7 +44,7 @@ from medmo_rl.driver.control import start_control
 from medmo_rl.driver.eval_runner import evaluate
 from medmo_rl.driver.fit import Fit, Reservation, max_rollout_workers, rl_demand, scale_rl, scale_sft, sft_demand
 from medmo_rl.driver.learner_group import LearnerGroup, LearnerLost
-from medmo_rl.driver.monitor import ResourceMonitor
+from medmo_rl.driver.monitor import MIB, ResourceMonitor, in_bytes
 from medmo_rl.driver.reward_service import RewardService
 from medmo_rl.driver.rl_loop import Preempted, total_steps, train_rl
 from medmo_rl.faults import FaultLog
@@ -140,7 +140,7 @@ def run_rl_stage(cfg: RunConfig, policy_dir: Path, rl_dir: Path, data_cache: Pat
     growth = monitor.finish()
     if growth:
         summary.notes.append("RL resources, growth per 100 steps (rl/resources.png): " + ", ".join(
-            f"{k} {v / 2**20:+.1f} MiB" if k.startswith(("rss", "anon")) or k == "object_store_bytes" else f"{k} {v:+.1f}"
+            f"{k} {v / MIB:+.1f} MiB" if in_bytes(k) else f"{k} {v:+.1f}"
             for k, v in growth.items()))
     rows = read_metrics(rl_dir / "metrics.jsonl")
     if rows:
