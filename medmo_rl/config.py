@@ -65,6 +65,9 @@ class DataConfig:
     synthetic_train: NonNegInt = 4000  # synthetic records generated for training (tiny recipe)
     synthetic_eval: NonNegInt = 200  # held-out synthetic records for evaluation
     synthetic_image_px: PositiveInt = 64  # side of the square synthetic images
+    # order of a kind's boxes in the grounding answer: "reading" (top-to-bottom, left-to-right) or
+    # "annotation" (the order the lesions were drawn in — arbitrary, as in real annotation files)
+    synthetic_box_order: Literal["reading", "annotation"] = "reading"
     seed: int = 0
 
 

@@ -40,8 +40,10 @@ def resolve(name: str, data: DataConfig, cache_dir: str | Path, *, progress: boo
         return path
     if part not in SYNTHETIC_PARTS:
         raise ValueError(f"dataset {name!r}: unknown synthetic part {part!r}; allowed: {', '.join(SYNTHETIC_PARTS)}")
-    out = cache / f"synthetic-{split}-s{data.seed}-n{n}-px{data.synthetic_image_px}"
-    paths = generate(out, n, seed=data.seed, size=data.synthetic_image_px, start=start, progress=progress)
+    order = "" if data.synthetic_box_order == "reading" else f"-{data.synthetic_box_order}"
+    out = cache / f"synthetic-{split}-s{data.seed}-n{n}-px{data.synthetic_image_px}{order}"
+    paths = generate(out, n, seed=data.seed, size=data.synthetic_image_px, start=start, progress=progress,
+                     box_order=data.synthetic_box_order)
     return paths[part]
 
 

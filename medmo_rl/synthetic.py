@@ -36,6 +36,7 @@ COUNT_PROMPT = "How many lesions are shown?"
 KIND_PROMPT = "What kinds of lesion are shown?"
 KINDS = ("nodule", "mass")  # also the order of the answer's segments
 SHAPES = ("ellipse", "rectangle")
+BOX_ORDERS = ("reading", "annotation")
 SIDE_RANGE = {"nodule": (0.12, 0.22), "mass": (0.28, 0.42)}  # fraction of the image side, per kind
 COUNT_PROBS = (0.3, 0.3, 0.2, 0.2)  # P(1..4 lesions) on an image with lesions
 NORMAL_FRACTION = 0.1  # images without a lesion, so "is there a lesion?" has both answers
@@ -87,9 +88,11 @@ def place_lesions(rng: np.random.Generator, size: int, n: int, *, tries: int = 5
     return out
 
 
-def draw_image(rng: np.random.Generator, size: int, n_lesions: int = 1) -> tuple[Image.Image, list[Lesion]]:
+def draw_image(rng: np.random.Generator, size: int, n_lesions: int = 1, *,
+               box_order: str = "reading") -> tuple[Image.Image, list[Lesion]]:
     """Grey texture + noise + `n_lesions` bright ellipses/rectangles; returns the image and lesions
-    sorted as the answer lists them (kind in KINDS order, then top-to-bottom, left-to-right)."""
+    sorted as the answer lists them: kind in KINDS order, then within a kind top-to-bottom,
+    left-to-right (box_order "reading") or in the order they were drawn ("annotation")."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     fx, fy, phase = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 6.28)
     texture = 0.5 + 0.5 * np.sin(fx * xx + phase) * np.cos(fy * yy)
@@ -104,7 +107,12 @@ def draw_image(rng: np.random.Generator, size: int, n_lesions: int = 1) -> tuple
             inside = (xx >= x1) & (xx < x2) & (yy >= y1) & (yy < y2)
         img[inside] = rng.uniform(185, 235) + rng.normal(0, 8, int(inside.sum()))
     arr = np.clip(img, 0, 255).astype(np.uint8)
-    lesions.sort(key=lambda les: (KINDS.index(les.kind), les.box[1], les.box[0]))
+    if box_order not in BOX_ORDERS:
+        raise ValueError(f"box_order {box_order!r}; allowed: {', '.join(BOX_ORDERS)}")
+    if box_order == "reading":
+        lesions.sort(key=lambda les: (KINDS.index(les.kind), les.box[1], les.box[0]))
+    else:  # stable: the drawing order survives within a kind
+        lesions.sort(key=lambda les: KINDS.index(les.kind))
     return Image.fromarray(np.stack([arr] * 3, axis=-1), "RGB"), lesions
 
 
@@ -112,11 +120,12 @@ def _kinds_text(lesions: list[Lesion]) -> str:
     return " and ".join(k for k in KINDS if any(les.kind == k for les in lesions))
 
 
-def make_records(index: int, seed: int, size: int, image_path: str) -> tuple[Image.Image, list[Sample]]:
+def make_records(index: int, seed: int, size: int, image_path: str, *,
+                 box_order: str = "reading") -> tuple[Image.Image, list[Sample]]:
     """The image of record `index` and every task's record about it."""
     rng = np.random.default_rng([seed, index])
     n = 0 if rng.random() < NORMAL_FRACTION else 1 + int(rng.choice(len(COUNT_PROBS), p=COUNT_PROBS))
-    image, lesions = draw_image(rng, size, n)
+    image, lesions = draw_image(rng, size, n, box_order=box_order)
     base = dict(images=(image_path,), image_size=(size, size), source="synthetic")
     sid = f"syn-{seed}-{index:06d}"
     out: list[Sample] = []
@@ -153,7 +162,7 @@ def text_qa_records(n: int, seed: int) -> list[Sample]:
 
 
 def generate(out_dir: str | os.PathLike, n_images: int, *, seed: int = 0, size: int = 64,
-             start: int = 0, progress: bool = False) -> dict[str, Path]:
+             start: int = 0, progress: bool = False, box_order: str = "reading") -> dict[str, Path]:
     """Draw `n_images` images into out_dir/images and write one JSONL per task family.
 
     Returns {"grounding": path, "vqa": path, "caption": path, "report": path, "text_qa": path,
@@ -161,7 +170,8 @@ def generate(out_dir: str | os.PathLike, n_images: int, *, seed: int = 0, size: 
     """
     out = Path(out_dir)
     meta = out / "META"
-    stamp = f"n={n_images} seed={seed} size={size} start={start} v3\n"  # v3: 1–4 lesions per image
+    order = "" if box_order == "reading" else f" order={box_order}"
+    stamp = f"n={n_images} seed={seed} size={size} start={start}{order} v3\n"  # v3: 1–4 lesions per image
     names = ("grounding", "vqa", "caption", "report", "text_qa", "all")
     paths = {k: out / f"{k}.jsonl" for k in names}
     if meta.exists() and meta.read_text() == stamp and all(p.exists() for p in paths.values()):
@@ -174,7 +184,7 @@ def generate(out_dir: str | os.PathLike, n_images: int, *, seed: int = 0, size: 
         it = tqdm(it, desc=f"synthetic data → {out}", unit="img")
     for i in it:
         rel_path = f"images/{seed}_{i:06d}.png"
-        image, recs = make_records(i, seed, size, str(out / rel_path))
+        image, recs = make_records(i, seed, size, str(out / rel_path), box_order=box_order)
         image.save(out / rel_path)
         for r in recs:
             by_task[r.task if r.task != "text_qa" else "text_qa"].append(r)

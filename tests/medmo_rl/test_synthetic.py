@@ -2,6 +2,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 from medmo_rl.boxes import parse_boxes, to_pixels
 from medmo_rl.config import load_config
 from medmo_rl.datasets import EVAL_OFFSET
@@ -9,8 +10,8 @@ from medmo_rl.schema import load_samples
 from medmo_rl.synthetic import COUNT_PROMPT, KIND_PROMPT, SIDE_RANGE, make_records
 
 
-def _grounding(i, tmp_path, seed=0, size=64):
-    img, recs = make_records(i, seed, size, str(tmp_path / f"{i}.png"))
+def _grounding(i, tmp_path, seed=0, size=64, box_order="reading"):
+    img, recs = make_records(i, seed, size, str(tmp_path / f"{i}.png"), box_order=box_order)
     g = [r for r in recs if r.task == "grounding"]
     return img, recs, (g[0] if g else None)
 
@@ -79,6 +80,27 @@ def test_answer_lists_nodules_then_masses_each_in_reading_order(tmp_path):
         keys = [(("nodule", "mass").index(k), b[1], b[0]) for b, k in zip(g.boxes, g.labels)]
         assert keys == sorted(keys)
         assert g.answer.count("<box>") == len(set(g.labels))  # one segment per kind: "nodule <box>[[…], […]]</box>"
+
+
+def test_annotation_order_is_the_same_image_and_boxes_listed_as_drawn(tmp_path):
+    """box_order="annotation" changes only the order of a kind's boxes in the answer (the drawing
+    order, not sorted): the same pixels and the same set of (kind, box); nodules still come first."""
+    reordered = 0
+    for i in range(60):
+        img_r, recs_r, g_r = _grounding(i, tmp_path, box_order="reading")
+        img_a, recs_a, g_a = _grounding(i, tmp_path, box_order="annotation")
+        assert np.array_equal(np.asarray(img_r), np.asarray(img_a))
+        if g_r is None:
+            assert g_a is None
+            continue
+        assert sorted(zip(g_a.labels, g_a.boxes)) == sorted(zip(g_r.labels, g_r.boxes))
+        assert list(g_a.labels) == sorted(g_a.labels, key=("nodule", "mass").index)
+        for rel, box in zip(parse_boxes(g_a.answer).boxes, g_a.boxes, strict=True):  # the answer lists them so
+            assert np.allclose(to_pixels(rel, (64, 64)), box, atol=1.0)
+        reordered += g_a.boxes != g_r.boxes
+    assert reordered >= 5  # several multi-lesion images are listed out of reading order
+    with pytest.raises(ValueError, match="box_order 'random'"):
+        make_records(0, 0, 64, str(tmp_path / "x.png"), box_order="random")
 
 
 def test_generated_dataset_covers_every_task_and_validates(synthetic_dir):
