@@ -24,6 +24,10 @@ Over a benchmark of N images (`summarize`), pooled over boxes where the metric i
     map50           = `metrics.map50` on the valid boxes with every label compared after
                       `answers.normalize_answer` (the reward's rule; "Nodule." names class "nodule")
                       and every prediction scored 1.0, so the model's output order ranks them.
+
+Best of G completions of one image (`best_of`, the oracle row of `python -m medmo_rl.headroom`):
+the one with the largest image_f1 = 2·tp50 / (P + G) (0 when P + G = 0), ties broken by the larger
+Σ_{M} IoU, then by the earlier completion.
 Pure: no I/O.
 """
 from __future__ import annotations
@@ -120,3 +124,19 @@ def summarize(samples: Sequence[Sample], scores: Sequence[ImageGrounding]) -> Gr
         label_accuracy=sum(s.label_accuracy for s in scores) / n,
         n=n,
     )
+
+
+def image_f1(g: ImageGrounding) -> float:
+    """One image's F1@0.5 = 2·TP / (P + G); 0 when the image has neither predictions nor GT boxes."""
+    return 2 * g.tp50 / (g.n_pred + g.n_gt) if g.n_pred + g.n_gt else 0.0
+
+
+def best_of(samples: Sequence[Sample], completions: Sequence[Sequence[str]]) -> list[str]:
+    """Per sample, the completion with the highest image F1@0.5, ties broken by the larger Σ IoU
+    (then the earlier slot): the oracle `best-of-G` row."""
+    out = []
+    for s, comps in zip(samples, completions, strict=True):
+        scores = score_images([s] * len(comps), list(comps))
+        k = max(range(len(comps)), key=lambda j: (image_f1(scores[j]), scores[j].iou_sum, -j))
+        out.append(comps[k])
+    return out

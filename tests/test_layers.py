@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"medmo_rl/run.py", "medmo_rl/eval.py", "medmo_rl/control.py"}  # thin: parse args, call the driver
+ENTRY_POINTS = {"medmo_rl/run.py", "medmo_rl/eval.py", "medmo_rl/control.py", "medmo_rl/headroom.py"}  # thin: parse args, call the driver
 LIBRARIES = ("sft", "rollout", "rewards")
 HEAVY = ("ray", "vllm", "fastapi", "uvicorn", *LIBRARIES)
 

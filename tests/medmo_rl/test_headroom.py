@@ -1,8 +1,9 @@
-"""medmo_rl/headroom.py: the best-of-G oracle and the per-image F1 it ranks by, by hand."""
+"""python -m medmo_rl.headroom: the best-of-G oracle and the per-image F1 it ranks by (medmo_rl/grounding.py),
+by hand; the table (medmo_rl/driver/headroom.py)."""
 import pytest
 
-from medmo_rl.grounding import score_image
-from medmo_rl.headroom import best_of, image_f1, markdown, mean_rows
+from medmo_rl.driver.headroom import markdown, mean_rows
+from medmo_rl.grounding import best_of, image_f1, score_image
 from medmo_rl.schema import Sample
 
 
