@@ -6,7 +6,8 @@ spans 12–22 % of the side, a "mass" 28–42 % (the gap keeps the kinds separab
 the images are normal. From the same image the generator makes records of every task in the schema:
 
   grounding  "Locate every lesion."  → "nodule <box>[[x1, y1, x2, y2], […]]</box>; mass <box>[[…]]</box>"
-             (MedMO's multi-label form, 0–1000; nodules first, then masses, each in reading order)
+             (MedMO's multi-label form, 0–1000; nodules first, then masses, each in reading order —
+             or as drawn with box_order="annotation": docs/ablations.md measures what that costs SFT)
   vqa closed "Is there a lesion in the image?"  → "yes" | "no"
   vqa open   "How many lesions are shown?"      → "1" … "4"
   vqa open   "What kinds of lesion are shown?"  → "nodule" | "mass" | "nodule and mass"

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperatures", default="0.3,0.7", help="comma-separated sampling temperatures")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (G)")
     ap.add_argument("--limit", type=int, default=200, help="first N grounding images (0: all)")
+    ap.add_argument("--answer-format", default="think_answer", choices=("plain", "think_answer"),
+                    help="the prompt layout the checkpoint was trained on (SFT stage 3 and RL: think_answer)")
     ap.add_argument("--json", default="", help="also write the rows here")
     args = ap.parse_args(argv)
     if args.n < 1:
@@ -92,12 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     temps = [float(t) for t in args.temperatures.split(",") if t]
     if any(t <= 0 for t in temps):
         ap.error("--temperatures: sampling needs T > 0 (the greedy row is always measured)")
-    rows = measure(args.model, temps, n=args.n, limit=args.limit, run_dir=Path(args.run))
+    rows = measure(args.model, temps, n=args.n, limit=args.limit, run_dir=Path(args.run),
+                   answer_format=args.answer_format)
     print(markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
