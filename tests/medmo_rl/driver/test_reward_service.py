@@ -53,6 +53,11 @@ def test_a_killed_service_is_restarted_on_its_port_and_the_client_retries_cover_
         assert all(r.error is None for r in results), [r.error for r in results]
         assert [r.total for r in results] == before
         assert svc._proc.pid != first and httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200
+        # the watcher records the fault just after the new child turns healthy, which the client's
+        # retry may see first: wait for the record (bounded) instead of racing the watcher thread
+        deadline = time.monotonic() + 10
+        while not svc.faults.lines() and time.monotonic() < deadline:
+            time.sleep(0.05)
         lines = svc.faults.lines()
         assert len(lines) == 1 and f"(pid {first}) died (exit code -9); restarted at {svc.url}" in lines[0]
         assert svc.faults.faults[0].kind == "reward_service" and 0 < svc.faults.faults[0].recovery_s < 60
